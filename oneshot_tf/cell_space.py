@@ -1,0 +1,363 @@
+"""The cell search space of Bender et al. (ICML 2018), section 3.1.
+
+Network: a stem (3x3 convolution with F filters), then ``num_cells`` cells
+split evenly into ``num_stages`` stages.  Stage ``s`` works with
+``F * 2**s`` filters per choice block; before every stage but the first, a
+fixed reduction (BN-ReLU-3x3 convolution, stride 2, ``2 * F * 2**s`` filters)
+is applied to each of the two most recent states.  The head is
+BN-ReLU-global average pooling-dense.
+
+Cell: ``num_blocks`` choice blocks (N_choice).  Choice block ``i`` reads
+from ``2 + i`` candidate inputs, numbered
+
+* ``0``: the output of the cell before the previous one (cell k-2),
+* ``1``: the output of the previous cell (cell k-1),
+* ``2 + j``: the output of choice block ``j < i`` of the same cell,
+
+and chooses at least one and at most ``2 + i`` of them.  The chosen inputs
+are concatenated and pass through BN-ReLU-1x1 convolution (``F_s`` filters);
+then one or two of the seven ops are applied and their outputs summed.  The
+cell's output is the concatenation of its blocks' outputs.  Every cell of the
+network shares one architecture (one list of blocks).
+
+Sampling distribution (fixed, documented): every block independently draws
+its input subset uniformly among the ``2**(2+i) - 1`` non-empty subsets and
+its op set uniformly among the ``C(7,1) + C(7,2) = 28`` sets of one or two
+ops; i.e. architectures are uniform over the space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from oneshot_tf.search_space import ArchitectureError, SearchSpace
+
+#: The seven ops of the paper, in mask order.
+OPS: Tuple[str, ...] = (
+    "identity",
+    "sep3x3",      # a pair of depthwise separable 3x3 convolutions
+    "sep5x5",
+    "sep7x7",
+    "conv1x7_7x1",  # a 1x7 then a 7x1 convolution
+    "maxpool3x3",
+    "avgpool3x3",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One choice block: sorted input indices and the chosen ops (mask order)."""
+
+    inputs: Tuple[int, ...]
+    ops: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellArchitecture:
+    """The architecture shared by every cell: one Block per choice block."""
+
+    blocks: Tuple[Block, ...]
+
+
+def _split_cells(num_cells: int, num_stages: int) -> List[int]:
+    base, extra = divmod(num_cells, num_stages)
+    return [base + (1 if s < extra else 0) for s in range(num_stages)]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellNode:
+    """One piece of the network plan (used for counting and for building)."""
+
+    name: str
+    kind: str              # stem | reduce | cell | head
+    stage: int
+    deps: Tuple[int, ...]   # indices of the state nodes it reads
+    height: int
+    width: int
+    channels: int          # output channels
+
+
+class CellSearchSpace(SearchSpace):
+    """Bender et al.'s space; see the module docstring for the network."""
+
+    name = "cells"
+
+    def __init__(self, num_cells: int = 6, num_stages: int = 3, filters: int = 16,
+                 num_blocks: int = 4, ops: Sequence[str] = OPS, max_ops: int = 2):
+        if num_cells < 1 or num_stages < 1 or num_stages > num_cells:
+            raise ValueError(f"need 1 <= num_stages <= num_cells, got num_cells={num_cells}, "
+                             f"num_stages={num_stages}")
+        if filters < 1 or num_blocks < 1:
+            raise ValueError(f"filters and num_blocks must be positive, got {filters}, {num_blocks}")
+        unknown = [o for o in ops if o not in OPS]
+        if unknown or len(set(ops)) != len(ops) or not ops:
+            raise ValueError(f"ops must be distinct names from {OPS}, got {list(ops)}")
+        if not 1 <= max_ops <= len(ops):
+            raise ValueError(f"max_ops must be in [1, {len(ops)}], got {max_ops}")
+        self.num_cells = int(num_cells)
+        self.num_stages = int(num_stages)
+        self.filters = int(filters)
+        self.num_blocks = int(num_blocks)
+        self.ops = tuple(ops)
+        self.max_ops = int(max_ops)
+        self.cells_per_stage = _split_cells(self.num_cells, self.num_stages)
+        self._op_sets = [c for k in range(1, self.max_ops + 1)
+                         for c in itertools.combinations(self.ops, k)]
+
+    # -- definition --------------------------------------------------------
+    def get_config(self) -> Dict[str, Any]:
+        return {"name": self.name, "num_cells": self.num_cells, "num_stages": self.num_stages,
+                "filters": self.filters, "num_blocks": self.num_blocks,
+                "ops": list(self.ops), "max_ops": self.max_ops}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "CellSearchSpace":
+        cfg = {k: v for k, v in dict(config).items() if k != "name"}
+        return cls(**cfg)
+
+    @property
+    def max_inputs(self) -> int:
+        """Candidate inputs of the last block (the padded input-mask width)."""
+        return self.num_blocks + 1
+
+    def num_candidate_inputs(self, block: int) -> int:
+        return 2 + block
+
+    def size(self) -> int:
+        per_block_ops = len(self._op_sets)
+        n = 1
+        for i in range(self.num_blocks):
+            n *= (2 ** self.num_candidate_inputs(i) - 1) * per_block_ops
+        return n
+
+    def stage_filters(self, stage: int) -> int:
+        return self.filters * 2 ** stage
+
+    # -- architectures -----------------------------------------------------
+    def sample(self, rng: np.random.Generator) -> CellArchitecture:
+        blocks = []
+        for i in range(self.num_blocks):
+            k = self.num_candidate_inputs(i)
+            bits = int(rng.integers(1, 2 ** k))
+            inputs = tuple(j for j in range(k) if bits >> j & 1)
+            ops = self._op_sets[int(rng.integers(len(self._op_sets)))]
+            blocks.append(Block(inputs, tuple(ops)))
+        return CellArchitecture(tuple(blocks))
+
+    def all_on(self) -> CellArchitecture:
+        """Every input and every op on: the one-shot model itself.  Outside the
+        space when ``max_ops < len(ops)``; build it with ``validate=False``."""
+        return CellArchitecture(tuple(
+            Block(tuple(range(self.num_candidate_inputs(i))), self.ops)
+            for i in range(self.num_blocks)))
+
+    def validate(self, arch: Any, *, allow_all_ops: bool = False) -> CellArchitecture:
+        if not isinstance(arch, CellArchitecture):
+            raise ArchitectureError(f"expected a CellArchitecture, got {type(arch).__name__}")
+        if len(arch.blocks) != self.num_blocks:
+            raise ArchitectureError(
+                f"architecture has {len(arch.blocks)} blocks, the search space has "
+                f"{self.num_blocks} choice blocks per cell")
+        max_ops = len(self.ops) if allow_all_ops else self.max_ops
+        for i, b in enumerate(arch.blocks):
+            k = self.num_candidate_inputs(i)
+            if not b.inputs:
+                raise ArchitectureError(f"block {i}: no input chosen (choose 1 to {k} of inputs 0..{k - 1})")
+            if len(b.inputs) > k:
+                raise ArchitectureError(f"block {i}: {len(b.inputs)} inputs chosen, at most {k} allowed")
+            for j in b.inputs:
+                if isinstance(j, bool) or not isinstance(j, (int, np.integer)):
+                    raise ArchitectureError(f"block {i}: input {j!r} is not an integer index")
+                if not 0 <= j < k:
+                    raise ArchitectureError(
+                        f"block {i}: input {j} does not exist (block {i} reads inputs 0..{k - 1}: "
+                        f"0 = cell k-2, 1 = cell k-1, 2+j = block j of the same cell)")
+            if len(set(b.inputs)) != len(b.inputs):
+                raise ArchitectureError(f"block {i}: input chosen twice in {list(b.inputs)}")
+            if tuple(sorted(b.inputs)) != tuple(b.inputs):
+                raise ArchitectureError(f"block {i}: inputs must be sorted, got {list(b.inputs)}")
+            for op in b.ops:
+                if op not in self.ops:
+                    raise ArchitectureError(f"block {i}: unknown op {op!r} (choose from {', '.join(self.ops)})")
+            if not b.ops:
+                raise ArchitectureError(f"block {i}: no op chosen (choose 1 to {self.max_ops})")
+            if len(set(b.ops)) != len(b.ops):
+                raise ArchitectureError(f"block {i}: op chosen twice in {list(b.ops)}")
+            if len(b.ops) > max_ops:
+                raise ArchitectureError(f"block {i}: {len(b.ops)} ops chosen, at most {self.max_ops} allowed")
+            if tuple(sorted(b.ops, key=self.ops.index)) != tuple(b.ops):
+                raise ArchitectureError(f"block {i}: ops must be listed in the order {', '.join(self.ops)}")
+        return arch
+
+    def to_json(self, arch: CellArchitecture) -> Dict[str, Any]:
+        return {"blocks": [{"inputs": list(map(int, b.inputs)), "ops": list(b.ops)} for b in arch.blocks]}
+
+    def from_json(self, obj: Any) -> CellArchitecture:
+        if isinstance(obj, (str, bytes)):
+            try:
+                obj = json.loads(obj)
+            except json.JSONDecodeError as e:
+                raise ArchitectureError(f"malformed architecture JSON: {e}") from None
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("blocks"), list):
+            raise ArchitectureError('malformed architecture: expected an object {"blocks": [...]} '
+                                    f"got {str(obj)[:80]}")
+        blocks = []
+        for i, b in enumerate(obj["blocks"]):
+            if not isinstance(b, Mapping) or not isinstance(b.get("inputs"), list) \
+                    or not isinstance(b.get("ops"), list):
+                raise ArchitectureError(f'block {i}: malformed, expected {{"inputs": [...], "ops": [...]}}, got {b!r}')
+            extra = set(b) - {"inputs", "ops"}
+            if extra:
+                raise ArchitectureError(f"block {i}: unknown keys {sorted(extra)}")
+            for op in b["ops"]:
+                if not isinstance(op, str):
+                    raise ArchitectureError(f"block {i}: op {op!r} is not a name")
+            ops = b["ops"]
+            ordered = tuple(sorted(ops, key=lambda o: self.ops.index(o) if o in self.ops else len(self.ops)))
+            inputs = b["inputs"]
+            if all(isinstance(j, int) and not isinstance(j, bool) for j in inputs):
+                inputs = sorted(inputs)
+            blocks.append(Block(tuple(inputs), ordered))
+        return self.validate(CellArchitecture(tuple(blocks)))
+
+    def encode(self, arch: CellArchitecture) -> Dict[str, np.ndarray]:
+        """``input_mask`` [num_blocks, num_blocks + 1] and ``op_mask`` [num_blocks, num_ops]."""
+        inp = np.zeros((self.num_blocks, self.max_inputs), np.float32)
+        ops = np.zeros((self.num_blocks, len(self.ops)), np.float32)
+        for i, b in enumerate(arch.blocks):
+            inp[i, list(b.inputs)] = 1.0
+            ops[i, [self.ops.index(o) for o in b.ops]] = 1.0
+        return {"input_mask": inp, "op_mask": ops}
+
+    def decode(self, encoding: Mapping[str, np.ndarray]) -> CellArchitecture:
+        inp, ops = np.asarray(encoding["input_mask"]), np.asarray(encoding["op_mask"])
+        return CellArchitecture(tuple(
+            Block(tuple(int(j) for j in np.flatnonzero(inp[i] > 0.5)),
+                  tuple(self.ops[o] for o in np.flatnonzero(ops[i] > 0.5)))
+            for i in range(self.num_blocks)))
+
+    def valid_input_mask(self) -> np.ndarray:
+        """1 where block i has candidate input j, else 0 (padding)."""
+        m = np.zeros((self.num_blocks, self.max_inputs), np.float32)
+        for i in range(self.num_blocks):
+            m[i, : self.num_candidate_inputs(i)] = 1.0
+        return m
+
+    def fan_in(self) -> Tuple[np.ndarray, int]:
+        """Fan-in k of every node that a path enters: the per-block input
+        concatenation (``2 + i``) and the per-block op sum (``num_ops``)."""
+        return (np.array([self.num_candidate_inputs(i) for i in range(self.num_blocks)], np.float32),
+                len(self.ops))
+
+    def describe(self, arch: CellArchitecture) -> str:
+        names = ["c-2", "c-1"] + [f"b{j}" for j in range(self.num_blocks)]
+        return "; ".join(f"b{i}({'+'.join(names[j] for j in b.inputs)})->{'+'.join(b.ops)}"
+                         for i, b in enumerate(arch.blocks))
+
+    # -- network plan ------------------------------------------------------
+    def plan(self, input_shape) -> List[CellNode]:
+        """State nodes in order: stem, per stage (reductions), cells, head."""
+        h, w, _ = (int(d) for d in input_shape)
+        nodes: List[CellNode] = [CellNode("stem", "stem", 0, (), h, w, self.filters)]
+        states = [0, 0]
+        cell_index = 0
+        for s, n in enumerate(self.cells_per_stage):
+            fs = self.stage_filters(s)
+            if s > 0:
+                h, w = math.ceil(h / 2), math.ceil(w / 2)
+                new = []
+                for r, dep in enumerate(states):
+                    nodes.append(CellNode(f"s{s}_reduce{r}", "reduce", s, (dep,), h, w, 2 * fs))
+                    new.append(len(nodes) - 1)
+                states = new
+            for _ in range(n):
+                nodes.append(CellNode(f"s{s}c{cell_index}", "cell", s, tuple(states), h, w,
+                                      self.num_blocks * fs))
+                states = [states[1], len(nodes) - 1]
+                cell_index += 1
+        nodes.append(CellNode("head", "head", self.num_stages - 1, (states[1],), 1, 1, 0))
+        return nodes
+
+    def used_nodes(self, arch: CellArchitecture, input_shape) -> List[bool]:
+        """Which plan nodes the stand-alone model of ``arch`` needs (a cell that
+        no later block reads drops out of the stand-alone model)."""
+        nodes = self.plan(input_shape)
+        reads = {j for b in arch.blocks for j in b.inputs if j < 2}
+        used = [False] * len(nodes)
+        used[-1] = True
+        for idx in range(len(nodes) - 1, -1, -1):
+            if not used[idx]:
+                continue
+            node = nodes[idx]
+            deps = node.deps if node.kind != "cell" else tuple(node.deps[j] for j in sorted(reads))
+            for d in deps:
+                used[d] = True
+        return used
+
+    def _costs(self, arch: CellArchitecture, input_shape, num_classes: int) -> Tuple[int, int]:
+        """(parameters, multiply-adds) of the stand-alone model, analytically."""
+        nodes = self.plan(input_shape)
+        used = self.used_nodes(arch, input_shape)
+        c_in = int(input_shape[-1])
+        params = flops = 0
+
+        def bn(c):
+            return 4 * c  # gamma, beta, moving mean, moving variance
+
+        for idx, node in enumerate(nodes):
+            if not used[idx]:
+                continue
+            hw = node.height * node.width
+            if node.kind == "stem":
+                params += 9 * c_in * node.channels
+                flops += hw * 9 * c_in * node.channels
+            elif node.kind == "reduce":
+                c = nodes[node.deps[0]].channels
+                params += bn(c) + 9 * c * node.channels
+                flops += hw * 9 * c * node.channels
+            elif node.kind == "cell":
+                fs = self.stage_filters(node.stage)
+                cand = [nodes[d].channels for d in node.deps] + [fs] * self.num_blocks
+                for b in arch.blocks:
+                    c = sum(cand[j] for j in b.inputs)
+                    params += bn(c) + c * fs
+                    flops += hw * c * fs
+                    for op in b.ops:
+                        p, f = _op_cost(op, fs)
+                        params += p
+                        flops += hw * f
+            else:  # head
+                c = nodes[node.deps[0]].channels
+                params += bn(c) + c * num_classes + num_classes
+                flops += c * num_classes
+        return params, flops
+
+    def count_params(self, arch, *, input_shape, num_classes: int) -> int:
+        return self._costs(arch, input_shape, num_classes)[0]
+
+    def count_flops(self, arch, *, input_shape, num_classes: int) -> int:
+        return self._costs(arch, input_shape, num_classes)[1]
+
+    def build_model(self, arch, *, input_shape, num_classes: int, validate: bool = True, **kwargs):
+        from oneshot_tf.models import build_standalone_model
+        if validate:
+            self.validate(arch)
+        return build_standalone_model(self, arch, input_shape=input_shape,
+                                      num_classes=num_classes, **kwargs)
+
+
+def _op_cost(op: str, f: int) -> Tuple[int, int]:
+    """(params, multiply-adds per pixel) of one op on f channels."""
+    if op.startswith("sep"):
+        k = int(op[3])
+        one = k * k * f + f * f
+        return 2 * (4 * f + one), 2 * one
+    if op == "conv1x7_7x1":
+        return 2 * (4 * f + 7 * f * f), 14 * f * f
+    return 0, 0

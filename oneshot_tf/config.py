@@ -1,0 +1,111 @@
+"""Run configuration: one flat dataclass, presets, and the methods registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
+
+#: Fields that define what a model directory holds; a step run later on the
+#: same directory must agree on them.
+IDENTITY_FIELDS = (
+    "method", "dataset", "image_size", "validation_size", "max_train_examples", "seed",
+    "num_cells", "num_stages", "filters", "num_blocks",
+    "ghost_batch_size", "drop_rate", "weight_decay", "train_steps", "batch_size", "learning_rate",
+)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run; ``experiments`` flags map 1:1 onto fields."""
+
+    method: str = "oneshot"
+    preset: str = "quick"
+    # data
+    dataset: str = "digits"
+    data_dir: str = ""
+    image_size: int = 0                 # 0: the dataset's own size
+    validation_size: float = 0.0        # 0: the dataset's default split
+    max_train_examples: int = 0         # 0: all
+    seed: int = 0
+    # search space
+    num_cells: int = 6
+    num_stages: int = 3
+    filters: int = 16
+    num_blocks: int = 4
+    # proxy training
+    ghost_batch_size: int = 32
+    drop_rate: float = 0.1
+    weight_decay: float = 1e-4
+    train_steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 0.1
+    augment: bool = True
+    # scoring
+    search: str = "random"
+    num_candidates: int = 100
+    candidates_per_pass: int = 8
+    score_examples: int = 0             # validation examples used for scoring (0: all)
+    kl_examples: int = 64
+    # retraining
+    num_winners: int = 2
+    ranking: str = "top"                # top | small
+    small_percentile: float = 90.0
+    retrain_filters: int = 0            # 0: same F as the search
+    retrain_steps: int = 1000
+    retrain_batch_size: int = 64
+    retrain_learning_rate: float = 0.1
+    retrain_weight_decay: float = 1e-4
+    bn_momentum: float = 0.9
+    # execution
+    strategy: str = "default"
+    jit_compile: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 20
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # A full search on the embedded digits in a few minutes on 2 CPU cores.
+    "quick": dict(dataset="digits", image_size=16, validation_size=320, num_cells=3, num_stages=2,
+                  filters=8, train_steps=600, batch_size=64, learning_rate=0.1,
+                  num_candidates=64, candidates_per_pass=8, num_winners=2, retrain_steps=500,
+                  retrain_batch_size=64, retrain_learning_rate=0.05, bn_momentum=0.9,
+                  checkpoint_every=100, log_every=20),
+    # For tests: seconds, not minutes.
+    "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=2, num_stages=2,
+                 filters=4, num_blocks=2, train_steps=6, batch_size=32, num_candidates=6,
+                 candidates_per_pass=4, kl_examples=32, num_winners=2, retrain_steps=6,
+                 retrain_batch_size=32, checkpoint_every=3, log_every=2),
+    # The paper's CIFAR-10 settings (section 4.1): 6 cells, F=16 during the
+    # search, 10,000 steps at a global batch of 1,024 (16 workers x 64) in
+    # ghost batches of 32, lr 0.1 Nesterov, r=0.1 reached linearly; 20,000
+    # candidates; winners retrained at F=64 for 300 epochs (45k images).
+    "paper": dict(dataset="cifar10", image_size=0, num_cells=6, num_stages=3, filters=16,
+                  train_steps=10000, batch_size=1024, ghost_batch_size=32, learning_rate=0.1,
+                  drop_rate=0.1, num_candidates=20000, candidates_per_pass=32, num_winners=10,
+                  retrain_filters=64, retrain_steps=105469, retrain_batch_size=128,
+                  retrain_learning_rate=0.1, retrain_weight_decay=1e-4, bn_momentum=0.99,
+                  checkpoint_every=1000, log_every=100, jit_compile=True),
+}
+
+
+def resolve(preset: str, overrides: Dict[str, Any]) -> RunConfig:
+    """Defaults, then the preset, then explicit overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **overrides, "preset": preset}
+    return RunConfig.from_dict(values)
+
+
+def identity_diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    return {k: (a.get(k), b.get(k)) for k in IDENTITY_FIELDS if a.get(k) != b.get(k)}

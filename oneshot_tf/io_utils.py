@@ -1,0 +1,49 @@
+"""File helpers over tf.io.gfile (local paths and gs:// alike), atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import tensorflow as tf
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def join(*parts: str) -> str:
+    return os.path.join(*parts)
+
+
+def read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write to a temporary sibling, then rename over ``path``."""
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_text(path))
+
+
+def replace_dir(tmp_dir: str, final_dir: str) -> None:
+    """Move a finished directory into place (removing an older one)."""
+    if tf.io.gfile.exists(final_dir):
+        tf.io.gfile.rmtree(final_dir)
+    tf.io.gfile.rename(tmp_dir, final_dir)

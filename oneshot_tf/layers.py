@@ -1,0 +1,116 @@
+"""Keras layers shared by the one-shot model and the stand-alone models."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="oneshot_tf")
+class Standardize(keras.layers.Layer):
+    """Raw images (uint8, NHWC) to float32 ``(x - mean) / std`` per channel.
+
+    ``mean`` and ``std`` are constants of the config (in pixel units, 0..255),
+    so an exported model takes images exactly as the dataset delivers them.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, images):
+        x = tf.cast(images, tf.float32)
+        return (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="oneshot_tf")
+class GhostBatchNorm(keras.layers.Layer):
+    """Batch normalization with separate batch statistics per ghost batch.
+
+    ``call(x, num_ghost=G)`` splits the batch (axis 0, size ``B = G * g``)
+    into ``G`` consecutive ghost batches of ``g`` examples and normalizes each
+    with its own mean and (biased) variance over batch, height and width,
+    then applies the shared per-channel ``gamma`` and ``beta``.  It always
+    uses batch statistics (training and candidate scoring alike, as in the
+    one-shot paper), so it keeps no moving averages.  With ``num_ghost=1``
+    it equals ``keras.layers.BatchNormalization(epsilon=...)`` called with
+    ``training=True``.
+    """
+
+    def __init__(self, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+
+    def call(self, x, num_ghost: int = 1):
+        shape = tf.shape(x)
+        xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
+        axes = list(range(1, len(x.shape)))
+        mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
+        scale = tf.math.rsqrt(var + self.epsilon) * tf.cast(self.gamma, x.dtype)
+        offset = tf.cast(self.beta, x.dtype) - mean * scale
+        y = xg * scale + offset
+        y = tf.reshape(y, shape)
+        y.set_shape(x.shape)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def conv_init():
+    return keras.initializers.HeNormal()
+
+
+def op_layers(op: str, filters: int, make_bn: Callable[[str], keras.layers.Layer],
+              prefix: str) -> List[keras.layers.Layer]:
+    """The layers of one op of the cell space, in BN-ReLU-Conv order.
+
+    ``make_bn(name)`` makes the normalization layer (ghost BN in the one-shot
+    model, ordinary BN in stand-alone models).  Every layer gets a name
+    ``f"{prefix}_{...}"`` identical in both models, so weights transfer by name.
+    """
+    if op == "identity":
+        return []
+    if op.startswith("sep"):
+        k = int(op[3])
+        out = []
+        for n in (1, 2):
+            out += [make_bn(f"{prefix}_bn{n}"), keras.layers.ReLU(name=f"{prefix}_relu{n}"),
+                    keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=False,
+                                                 depthwise_initializer=conv_init(),
+                                                 pointwise_initializer=conv_init(),
+                                                 name=f"{prefix}_sep{n}")]
+        return out
+    if op == "conv1x7_7x1":
+        out = []
+        for n, k in ((1, (1, 7)), (2, (7, 1))):
+            out += [make_bn(f"{prefix}_bn{n}"), keras.layers.ReLU(name=f"{prefix}_relu{n}"),
+                    keras.layers.Conv2D(filters, k, padding="same", use_bias=False,
+                                        kernel_initializer=conv_init(), name=f"{prefix}_conv{n}")]
+        return out
+    if op == "maxpool3x3":
+        return [keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{prefix}_pool")]
+    if op == "avgpool3x3":
+        return [keras.layers.AveragePooling2D(3, strides=1, padding="same", name=f"{prefix}_pool")]
+    raise ValueError(f"unknown op {op!r}")
+
+
+def layer_prefix(stage: int, cell: int, block: int) -> str:
+    return f"s{stage}c{cell}b{block}"

@@ -1,0 +1,120 @@
+"""The one-shot proxy of Bender et al. (2018): scheduled path dropout, ghost
+batch norm and masked L2 on top of ``OneShotModel``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.oneshot_model import OneShotModel
+from oneshot_tf.proxy import Proxy
+
+
+def path_drop_probabilities(space: CellSearchSpace, progress, drop_rate: float):
+    """Drop probabilities ``(inputs [num_blocks], ops scalar)`` at ``progress``.
+
+    The schedule is linear from 0 at the start to ``r ** (1 / k)`` at the
+    end, ``k`` the fan-in of the node the path enters: ``2 + i`` for the
+    inputs of block ``i``, the number of ops for an op.
+    """
+    k_in, k_op = space.fan_in()
+    progress = tf.cast(progress, tf.float32)
+    p_in = progress * tf.constant(drop_rate ** (1.0 / k_in), tf.float32)
+    p_op = progress * tf.constant(drop_rate ** (1.0 / k_op), tf.float32)
+    return p_in, p_op
+
+
+def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rate: float, seed):
+    """Path-dropout masks, one row per ghost batch (stateless RNG from ``seed``).
+
+    Every path is kept independently with probability ``1 - p``; the same
+    decision is used in every cell (the masks have no cell axis).
+    """
+    p_in, p_op = path_drop_probabilities(space, progress, drop_rate)
+    nb, mi, no = space.num_blocks, space.max_inputs, len(space.ops)
+    seed = tf.convert_to_tensor(seed, tf.int32)
+    u_in = tf.random.stateless_uniform([num_ghost, nb, mi], seed=seed)
+    u_op = tf.random.stateless_uniform([num_ghost, nb, no], seed=tf.stack([seed[0], seed[1] + 7919]))
+    input_mask = tf.cast(u_in >= p_in[None, :, None], tf.float32) * tf.constant(space.valid_input_mask())
+    op_mask = tf.cast(u_op >= p_op, tf.float32)
+    return input_mask, op_mask
+
+
+class OneShotProxy(Proxy):
+    """Trains ``OneShotModel`` and scores candidates with their masks."""
+
+    def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
+                 mean: Sequence[float] = None, std: Sequence[float] = None, ghost_batch_size: int = 32,
+                 drop_rate: float = 0.1, weight_decay: float = 1e-4, skip_inactive: bool = True,
+                 bn_epsilon: float = 1e-3):
+        if not 0.0 < drop_rate < 1.0:
+            raise ValueError(f"drop_rate r must be in (0, 1), got {drop_rate}")
+        if ghost_batch_size < 1:
+            raise ValueError(f"ghost_batch_size must be positive, got {ghost_batch_size}")
+        self.space = space
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.mean, self.std = mean, std
+        self.ghost_batch_size = int(ghost_batch_size)
+        self.drop_rate = float(drop_rate)
+        self.weight_decay = float(weight_decay)
+        self.skip_inactive = bool(skip_inactive)
+        self.bn_epsilon = float(bn_epsilon)
+        self.model = None
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"method": "oneshot", "ghost_batch_size": self.ghost_batch_size,
+                "drop_rate": self.drop_rate, "weight_decay": self.weight_decay,
+                "skip_inactive": self.skip_inactive, "bn_epsilon": self.bn_epsilon}
+
+    def build(self) -> None:
+        if self.model is None:
+            self.model = OneShotModel(self.space, input_shape=self.input_shape,
+                                      num_classes=self.num_classes, mean=self.mean, std=self.std,
+                                      bn_epsilon=self.bn_epsilon,
+                                      skip_inactive=self.skip_inactive).build_weights()
+
+    @property
+    def trainable_variables(self):
+        return self.model.trainable_variables
+
+    def checkpoint_objects(self):
+        return {"model": self.model}
+
+    def num_ghost(self, batch_size: int) -> int:
+        if batch_size % self.ghost_batch_size:
+            raise ValueError(f"per-replica batch {batch_size} is not a multiple of the ghost batch "
+                             f"size {self.ghost_batch_size}")
+        return batch_size // self.ghost_batch_size
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+        g = self.num_ghost(int(images.shape[0]))
+        input_mask, op_mask = sample_path_masks(self.space, g, progress, self.drop_rate, seed)
+        logits = self.model({"images": images, "input_mask": input_mask, "op_mask": op_mask}, training=True)
+        labels = tf.cast(labels, tf.int32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ce = tf.reduce_sum(ce) / global_batch_size
+        l2 = self.weight_decay * self.model.masked_l2(input_mask, op_mask) / num_replicas
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        kept = (tf.reduce_sum(input_mask) + tf.reduce_sum(op_mask)) / (
+            g * (float(self.space.valid_input_mask().sum()) + op_mask.shape[1] * op_mask.shape[2]))
+        return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": correct / global_batch_size,
+                         "paths_kept": kept / num_replicas}
+
+    def summaries(self, progress) -> Dict[str, float]:
+        p_in, p_op = path_drop_probabilities(self.space, progress, self.drop_rate)
+        out = {"path_dropout/op": float(p_op)}
+        for i, p in enumerate(np.asarray(p_in)):
+            out[f"path_dropout/input_block{i}"] = float(p)
+        return out
+
+    def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
+        return self.model({"images": images, "input_mask": encodings["input_mask"],
+                           "op_mask": encodings["op_mask"]}, training=False)
+
+    def reference_encoding(self):
+        """All paths on (the paper's reference used r = 1e-8, i.e. nearly all on)."""
+        return self.space.encode(self.space.all_on())

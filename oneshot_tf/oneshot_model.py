@@ -1,0 +1,232 @@
+"""The one-shot model: every op and every input path of the cell space.
+
+Architectures and path-dropout decisions reach the model as mask tensors,
+one row per ghost batch:
+
+* ``input_mask`` ``[G, num_blocks, num_blocks + 1]``: 1 keeps input ``j`` of
+  block ``i`` (padding columns beyond ``2 + i`` are ignored);
+* ``op_mask`` ``[G, num_blocks, num_ops]``: 1 keeps op ``o`` of block ``i``.
+
+The batch (axis 0) holds ``G`` consecutive ghost batches of equal size; each
+gets its own masks and its own batch statistics (ghost batch norm).  The same
+masks apply to every cell.  A zeroed input is removed from the block's
+concatenation (its channels are multiplied by 0 after BN-ReLU, before the
+1x1 convolution); a zeroed op contributes 0 to the block's sum.  Kept paths
+are not rescaled, so the masked model computes exactly what the stand-alone
+model of the same architecture computes with the same weights (see
+``models.transfer_oneshot_weights`` and the tests).
+
+With ``skip_inactive=True`` an op whose mask is 0 in every ghost batch of the
+call is not computed at all (a ``tf.cond`` inside the one compiled step), so
+scoring one candidate per pass costs about as much as its own network.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.layers import GhostBatchNorm, Standardize, conv_init, layer_prefix, op_layers
+from oneshot_tf.models import block_input_layers, head_layers, reduction_layers
+
+
+def mask_ghost(x, mask, num_ghost: int):
+    """Multiply ghost batch ``g`` of ``x`` by ``mask[g]`` (``[G]`` or ``[G, C]``)."""
+    shape = tf.shape(x)
+    xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
+    m = tf.cast(mask, x.dtype)
+    rank = len(x.shape)
+    if len(mask.shape) == 2:
+        m = tf.reshape(m, [num_ghost] + [1] * (rank - 1) + [mask.shape[-1]])
+    else:
+        m = tf.reshape(m, [num_ghost] + [1] * rank)
+    y = tf.reshape(xg * m, shape)
+    y.set_shape(x.shape)
+    return y
+
+
+class OneShotModel(keras.Model):
+    """Keras model over ``{"images", "input_mask", "op_mask"}`` returning logits."""
+
+    def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
+                 mean: Sequence[float] = None, std: Sequence[float] = None, bn_epsilon: float = 1e-3,
+                 skip_inactive: bool = True, **kwargs):
+        super().__init__(name=kwargs.pop("name", "oneshot"), **kwargs)
+        self.space = space
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.skip_inactive = bool(skip_inactive)
+        c = self.image_shape[-1]
+        self.standardize = Standardize([0.0] * c if mean is None else mean,
+                                       [255.0] * c if std is None else std, name="standardize")
+        self.plan = space.plan(self.image_shape)
+
+        def make_bn(n):
+            return GhostBatchNorm(epsilon=bn_epsilon, name=n)
+
+        named: Dict[str, keras.layers.Layer] = {}
+        structure = []  # per plan node: the names of its layers (nested for cells)
+        self._cand_channels = {}
+        cell = 0
+        for node in self.plan:
+            if node.kind == "stem":
+                layer = keras.layers.Conv2D(node.channels, 3, padding="same", use_bias=False,
+                                            kernel_initializer=conv_init(), name="stem_conv")
+                structure.append([layer.name])
+                named[layer.name] = layer
+            elif node.kind == "reduce":
+                layers = reduction_layers(node.name, node.channels, make_bn)
+                structure.append([l.name for l in layers])
+                named.update({l.name: l for l in layers})
+            elif node.kind == "cell":
+                fs = space.stage_filters(node.stage)
+                cand = [self.plan[d].channels for d in node.deps] + [fs] * space.num_blocks
+                blocks = []
+                for i in range(space.num_blocks):
+                    p = layer_prefix(node.stage, cell, i)
+                    self._cand_channels[(cell, i)] = cand[: space.num_candidate_inputs(i)]
+                    inp = block_input_layers(p, fs, make_bn)
+                    named.update({l.name: l for l in inp})
+                    ops = []
+                    for op in space.ops:
+                        layers = op_layers(op, fs, make_bn, f"{p}_{op}")
+                        named.update({l.name: l for l in layers})
+                        ops.append([l.name for l in layers])
+                    blocks.append(([l.name for l in inp], ops))
+                structure.append(blocks)
+                cell += 1
+            else:
+                layers = head_layers(self.num_classes, make_bn)
+                structure.append([l.name for l in layers])
+                named.update({l.name: l for l in layers})
+        self.layers_by_name = named
+        self._structure = structure
+
+    # -- helpers -----------------------------------------------------------
+    def input_channel_index(self, stage: int, cell: int, block: int, inputs: Sequence[int]) -> np.ndarray:
+        """Channel indices, in the block's all-inputs concatenation, of ``inputs``."""
+        del stage
+        sizes = self._cand_channels[(cell, block)]
+        starts = np.cumsum([0] + list(sizes))
+        return np.concatenate([np.arange(starts[j], starts[j] + sizes[j]) for j in inputs])
+
+    def _run(self, names, x, num_ghost):
+        for n in names:
+            layer = self.layers_by_name[n]
+            x = layer(x, num_ghost=num_ghost) if isinstance(layer, GhostBatchNorm) else layer(x)
+        return x
+
+    def build_weights(self, batch_size: int = 2):
+        """Create every variable by one eager call with all paths on."""
+        self(self.example_inputs(batch_size, 1))
+        return self
+
+    def example_inputs(self, batch_size: int, num_ghost: int):
+        nb, no = self.space.num_blocks, len(self.space.ops)
+        return {"images": tf.zeros((batch_size,) + self.image_shape, tf.uint8),
+                "input_mask": tf.ones((num_ghost, nb, self.space.max_inputs)),
+                "op_mask": tf.ones((num_ghost, nb, no))}
+
+    # -- forward -----------------------------------------------------------
+    def call(self, inputs, training=False):
+        images = inputs["images"]
+        input_mask = tf.convert_to_tensor(inputs["input_mask"], tf.float32)
+        op_mask = tf.convert_to_tensor(inputs["op_mask"], tf.float32)
+        num_ghost = int(input_mask.shape[0])
+        x = self.standardize(images)
+        values: List[tf.Tensor] = []
+        cell = 0
+        for node, names in zip(self.plan, self._structure):
+            if node.kind == "stem":
+                values.append(self._run(names, x, num_ghost))
+            elif node.kind == "reduce":
+                values.append(self._run(names, values[node.deps[0]], num_ghost))
+            elif node.kind == "cell":
+                cands = [values[d] for d in node.deps]
+                for i, (inp_names, op_names) in enumerate(names):
+                    k = self.space.num_candidate_inputs(i)
+                    h = tf.concat(cands[:k], axis=-1)
+                    bn, relu, conv = (self.layers_by_name[n] for n in inp_names)
+                    h = relu(bn(h, num_ghost=num_ghost))
+                    ch_mask = tf.repeat(input_mask[:, i, :k], self._cand_channels[(cell, i)], axis=1)
+                    h = conv(mask_ghost(h, ch_mask, num_ghost))
+                    out = None
+                    for o, layer_names in enumerate(op_names):
+                        y = self._masked_op(layer_names, h, op_mask[:, i, o], num_ghost)
+                        out = y if out is None else out + y
+                    cands.append(out)
+                values.append(tf.concat(cands[2:], axis=-1))
+                cell += 1
+            else:
+                return self._run(names, values[node.deps[0]], num_ghost)
+
+    def _masked_op(self, names, h, mask, num_ghost):
+        def run():
+            return mask_ghost(self._run(names, h, num_ghost), mask, num_ghost)
+
+        if not self.skip_inactive:
+            return run()
+        return tf.cond(tf.reduce_any(mask > 0), run, lambda: tf.zeros_like(h))
+
+    # -- masked L2 ---------------------------------------------------------
+    def path_squared_norms(self):
+        """Sums of squared kernel entries, grouped by the path that uses them.
+
+        Returns ``(always, inputs, ops)``: a scalar for weights every
+        architecture uses (stem, reductions, head dense); ``[num_blocks, num_blocks + 1]`` for the block
+        input 1x1 convolutions, split by the input whose channels a kernel
+        row reads; ``[num_blocks, num_ops]`` for the ops' kernels.  Each is
+        summed over all cells (every cell shares the architecture).
+        BN parameters and biases are not regularized.
+        """
+        nb, no, mi = self.space.num_blocks, len(self.space.ops), self.space.max_inputs
+        always = tf.constant(0.0)
+        inp = [[tf.constant(0.0)] * mi for _ in range(nb)]
+        ops = [[tf.constant(0.0)] * no for _ in range(nb)]
+        cell = 0
+        for node, names in zip(self.plan, self._structure):
+            if node.kind != "cell":
+                for n in names:
+                    for k in _kernels(self.layers_by_name[n]):
+                        always += tf.reduce_sum(tf.square(k))
+                continue
+            for i, (inp_names, op_names) in enumerate(names):
+                kernel = self.layers_by_name[inp_names[2]].kernel
+                per_channel = tf.reduce_sum(tf.square(kernel), axis=[0, 1, 3])
+                sizes = self._cand_channels[(cell, i)]
+                seg = np.repeat(np.arange(len(sizes)), sizes)
+                per_input = tf.math.unsorted_segment_sum(per_channel, seg, len(sizes))
+                for j in range(len(sizes)):
+                    inp[i][j] += per_input[j]
+                for o, layer_names in enumerate(op_names):
+                    for n in layer_names:
+                        for k in _kernels(self.layers_by_name[n]):
+                            ops[i][o] += tf.reduce_sum(tf.square(k))
+            cell += 1
+        return always, tf.stack([tf.stack(r) for r in inp]), tf.stack([tf.stack(r) for r in ops])
+
+    def masked_l2(self, input_mask, op_mask):
+        """Sum of squared kernels on the paths the step uses.
+
+        With per-ghost-batch masks, a path's weights count in proportion to
+        the fraction of ghost batches that use the path (the mean over ghost
+        batches of each ghost batch's own L2 term).  Padding columns of
+        ``input_mask`` are ignored.
+        """
+        always, inp, ops = self.path_squared_norms()
+        valid = tf.constant(self.space.valid_input_mask())
+        frac_in = tf.reduce_mean(tf.cast(input_mask, tf.float32), axis=0) * valid
+        frac_op = tf.reduce_mean(tf.cast(op_mask, tf.float32), axis=0)
+        return always + tf.reduce_sum(frac_in * inp) + tf.reduce_sum(frac_op * ops)
+
+
+def _kernels(layer) -> List[tf.Variable]:
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        return [layer.depthwise_kernel, layer.pointwise_kernel]
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        return [layer.kernel]
+    return []

@@ -1,0 +1,206 @@
+"""The search pipeline, method-agnostic: train the proxy, score candidates,
+retrain and export the winners.  Each step resumes in the same directory.
+
+Layout of a model directory::
+
+    config.json          resolved flags, search-space and proxy definitions, data summary
+    proxy/               proxy checkpoints (+ TensorBoard events in proxy/train)
+    candidates.jsonl     one JSON object per scored candidate
+    score/               TensorBoard: histograms of candidate scores
+    winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
+    results.json         the winners' ranks, ids, scores and test accuracies
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import logging
+
+from oneshot_tf import config as config_lib
+from oneshot_tf import data as data_lib
+from oneshot_tf import io_utils
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.proxy import Proxy
+from oneshot_tf.retrain import retrain_and_export
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates, score_architectures
+from oneshot_tf.search_space import SearchSpace
+from oneshot_tf.training import TrainConfig, train
+
+
+def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
+    space = CellSearchSpace(num_cells=cfg.num_cells, num_stages=cfg.num_stages, filters=cfg.filters,
+                            num_blocks=cfg.num_blocks)
+    mean, std = dataset.channel_stats()
+    proxy = OneShotProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                         mean=mean, std=std, ghost_batch_size=cfg.ghost_batch_size,
+                         drop_rate=cfg.drop_rate, weight_decay=cfg.weight_decay)
+    return space, proxy
+
+
+#: method name -> factory(config, dataset) -> (search space, proxy).
+METHODS: Dict[str, Callable[[config_lib.RunConfig, data_lib.ImageDataset], Tuple[SearchSpace, Proxy]]] = {
+    "oneshot": _oneshot,
+}
+
+
+class ProxyNotTrainedError(RuntimeError):
+    pass
+
+
+def load_data(cfg: config_lib.RunConfig) -> data_lib.ImageDataset:
+    return data_lib.load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir or None, image_size=cfg.image_size or None,
+        validation_size=(int(cfg.validation_size) if cfg.validation_size >= 1 else cfg.validation_size) or None,
+        seed=cfg.seed, max_train_examples=cfg.max_train_examples or None)
+
+
+class SearchRun:
+    """One model directory: its config, data, search space and proxy."""
+
+    def __init__(self, cfg: config_lib.RunConfig, model_dir: str, *,
+                 strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
+        if cfg.method not in METHODS:
+            raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
+        self.cfg = cfg
+        self.model_dir = model_dir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.verbose = verbose
+        keras.utils.set_random_seed(cfg.seed)
+        self.dataset = load_data(cfg)
+        self.space, self.proxy = METHODS[cfg.method](cfg, self.dataset)
+        self._write_config()
+
+    # -- config ------------------------------------------------------------
+    def _write_config(self):
+        path = io_utils.join(self.model_dir, "config.json")
+        if tf.io.gfile.exists(path):
+            old = io_utils.read_json(path).get("flags", {})
+            diff = config_lib.identity_diff(old, self.cfg.to_dict())
+            if diff:
+                desc = ", ".join(f"--{k}: {a!r} in the directory, {b!r} now" for k, (a, b) in diff.items())
+                raise ValueError(f"{self.model_dir} holds a run with other settings ({desc}); "
+                                 f"pass the same flags or use a new --model_dir")
+        io_utils.write_json(path, {
+            "flags": self.cfg.to_dict(),
+            "search_space": self.space.get_config(),
+            "search_space_size": self.space.size(),
+            "proxy": self.proxy.get_config(),
+            "data": self.dataset.summary(),
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        })
+
+    def _train_config(self, steps, batch, lr, seed_offset=0) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(steps=steps, batch_size=batch, learning_rate=lr, augment=c.augment,
+                           flip=self.dataset.natural_images, seed=c.seed + seed_offset,
+                           checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                           jit_compile=c.jit_compile, verbose=self.verbose)
+
+    @property
+    def proxy_dir(self) -> str:
+        return io_utils.join(self.model_dir, "proxy")
+
+    # -- step 1 ------------------------------------------------------------
+    def train_proxy(self) -> Dict[str, float]:
+        c = self.cfg
+        return train(self.proxy, self.dataset.x_train, self.dataset.y_train,
+                     self._train_config(c.train_steps, c.batch_size, c.learning_rate),
+                     self.proxy_dir, strategy=self.strategy,
+                     summary_dir=io_utils.join(self.proxy_dir, "train"), description="proxy training")
+
+    def restore_proxy(self):
+        latest = tf.train.latest_checkpoint(self.proxy_dir)
+        step = int(latest.rsplit("-", 1)[1]) if latest else 0
+        if step < self.cfg.train_steps:
+            raise ProxyNotTrainedError(
+                f"the proxy in {self.proxy_dir} has trained {step} of {self.cfg.train_steps} steps; "
+                f"run experiments.train (or experiments.run) on this --model_dir first")
+        with self.strategy.scope():
+            self.proxy.build()
+        tf.train.Checkpoint(**self.proxy.checkpoint_objects()).restore(latest).expect_partial()
+        return self.proxy
+
+    # -- step 2 ------------------------------------------------------------
+    def candidates(self) -> List[Any]:
+        """The random-search candidates: ``num_candidates`` distinct samples."""
+        return self.space.sample_unique(self.cfg.num_candidates, seed=self.cfg.seed + 1)
+
+    def make_scorer(self) -> CandidateScorer:
+        c = self.cfg
+        scorer = CandidateScorer(self.proxy, ScoreConfig(
+            candidates_per_pass=c.candidates_per_pass, group_size=c.ghost_batch_size,
+            max_examples=c.score_examples or None, kl_examples=c.kl_examples,
+            jit_compile=c.jit_compile, verbose=self.verbose))
+        return scorer.prepare(self.dataset.x_val, self.dataset.y_val, self.dataset.x_train)
+
+    @property
+    def candidates_path(self) -> str:
+        return io_utils.join(self.model_dir, "candidates.jsonl")
+
+    def score(self) -> List[Dict[str, Any]]:
+        if self.cfg.search != "random":
+            raise ValueError(f"--search={self.cfg.search!r} is not available yet; use --search=random")
+        self.restore_proxy()
+        store = CandidateStore(self.candidates_path)
+        scorer = self.make_scorer()
+        t0 = time.time()
+        before = len(store.records)
+        records = score_architectures(scorer, self.space, self.candidates(), store,
+                                      input_shape=self.dataset.image_shape,
+                                      num_classes=self.dataset.num_classes, method=self.cfg.method,
+                                      verbose=self.verbose)
+        logging.info("scored %d candidates in %.1fs (%d traces)", len(records) - before,
+                     time.time() - t0, scorer.trace_count)
+        self._score_summaries(records)
+        return records
+
+    def _score_summaries(self, records):
+        writer = tf.summary.create_file_writer(io_utils.join(self.model_dir, "score"))
+        with writer.as_default(step=len(records)):
+            scores = np.array([r["score"] for r in records], np.float32)
+            tf.summary.histogram("candidates/score", scores)
+            if records and "kl" in records[0]:
+                tf.summary.histogram("candidates/kl", np.array([r["kl"] for r in records], np.float32))
+            tf.summary.histogram("candidates/params", np.array([r["params"] for r in records], np.float32))
+            tf.summary.scalar("candidates/best_score", float(scores.max()))
+            tf.summary.scalar("candidates/count", len(records))
+        writer.close()
+
+    # -- step 3 ------------------------------------------------------------
+    def winners(self) -> List[Dict[str, Any]]:
+        store = CandidateStore(self.candidates_path)
+        if not store.records:
+            raise RuntimeError(f"no scored candidates in {self.candidates_path}; run experiments.score first")
+        ranked = rank_candidates(store.records, self.cfg.ranking, self.cfg.small_percentile)
+        return ranked[: self.cfg.num_winners]
+
+    def retrain(self) -> List[Dict[str, Any]]:
+        c = self.cfg
+        results = []
+        for rank, rec in enumerate(self.winners(), start=1):
+            arch = self.space.from_json(rec["architecture"])
+            out = io_utils.join(self.model_dir, "winners", str(rank))
+            logging.info("retraining winner %d (%s, score %.4f)", rank, rec["id"], rec["score"])
+            metrics = retrain_and_export(
+                self.space, arch, self.dataset, out,
+                self._train_config(c.retrain_steps, c.retrain_batch_size, c.retrain_learning_rate,
+                                   seed_offset=rank),
+                filters=c.retrain_filters or None, bn_momentum=c.bn_momentum,
+                weight_decay=c.retrain_weight_decay, strategy=self.strategy,
+                extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
+                               "proxy_kl": rec.get("kl"), "ranking": c.ranking})
+            results.append({"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
+                            "test_accuracy": metrics["test_accuracy"], "params": metrics["params"]})
+        io_utils.write_json(io_utils.join(self.model_dir, "results.json"), {"winners": results})
+        return results
+
+    def run(self) -> List[Dict[str, Any]]:
+        self.train_proxy()
+        self.score()
+        return self.retrain()

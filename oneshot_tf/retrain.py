@@ -1,0 +1,108 @@
+"""Stand-alone retraining of winners, evaluation and export (any search space)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from oneshot_tf import io_utils
+from oneshot_tf.export import export_saved_model
+from oneshot_tf.training import TrainConfig, TrainTask, train
+
+
+class StandaloneTask(TrainTask):
+    """A stand-alone Keras model trained with cross-entropy + L2 on kernels."""
+
+    def __init__(self, build_fn, weight_decay: float = 1e-4):
+        self._build_fn = build_fn
+        self.weight_decay = float(weight_decay)
+        self.model: Optional[keras.Model] = None
+
+    def build(self):
+        if self.model is None:
+            self.model = self._build_fn()
+            self._kernels = [w for w in self.model.trainable_weights
+                             if "kernel" in w.path.split("/")[-1]]
+
+    @property
+    def trainable_variables(self):
+        return self.model.trainable_variables
+
+    def checkpoint_objects(self):
+        return {"model": self.model}
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+        del progress, seed
+        logits = self.model(images, training=True)
+        labels = tf.cast(labels, tf.int32)
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        ce = ce / global_batch_size
+        l2 = self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in self._kernels]) / num_replicas
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": correct / global_batch_size}
+
+
+def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (inference mode) on every example of ``(x, y)``."""
+    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1))
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int(np.sum(predict(tf.constant(x[i:i + batch_size])).numpy() == y[i:i + batch_size]))
+    return correct / len(x)
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    metrics: Dict[str, Any]
+    model: Optional[keras.Model]
+
+
+def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, filters: Optional[int] = None,
+                       bn_momentum: float = 0.9, weight_decay: float = 1e-4, strategy=None,
+                       extra_metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Train ``arch`` from scratch, evaluate on the test split, export.
+
+    Leaves in ``out_dir``: ``architecture.json``, ``ckpt/`` (resumable),
+    ``metrics.json`` and ``saved_model/``.  A finished directory (metrics and
+    SavedModel present) is left as it is and its metrics returned.
+    """
+    metrics_path = io_utils.join(out_dir, "metrics.json")
+    export_path = io_utils.join(out_dir, "saved_model")
+    if tf.io.gfile.exists(metrics_path) and tf.io.gfile.exists(export_path):
+        return io_utils.read_json(metrics_path)
+    io_utils.write_json(io_utils.join(out_dir, "architecture.json"), space.to_json(arch))
+    target = space if filters is None else type(space).from_config({**space.get_config(), "filters": filters})
+    mean, std = dataset.channel_stats()
+    shape, classes = dataset.image_shape, dataset.num_classes
+
+    def build():
+        return target.build_model(arch, input_shape=shape, num_classes=classes, mean=mean, std=std,
+                                  bn_momentum=bn_momentum)
+
+    task = StandaloneTask(build, weight_decay=weight_decay)
+    t0 = time.time()
+    last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),
+                 strategy=strategy, summary_dir=io_utils.join(out_dir, "train"),
+                 description=f"retrain {out_dir}")
+    train_seconds = time.time() - t0
+    model = task.model
+    metrics = {
+        "test_accuracy": evaluate_accuracy(model, dataset.x_test, dataset.y_test),
+        "validation_accuracy": evaluate_accuracy(model, dataset.x_val, dataset.y_val),
+        "train_accuracy_last_step": last.get("accuracy"),
+        "params": int(model.count_params()),
+        "flops": int(target.count_flops(arch, input_shape=shape, num_classes=classes)),
+        "filters": target.filters if hasattr(target, "filters") else None,
+        "train_steps": cfg.steps, "train_seconds": round(train_seconds, 1),
+        **(extra_metrics or {}),
+    }
+    export_saved_model(model, export_path)
+    io_utils.write_json(metrics_path, metrics)
+    logging.info("%s: test accuracy %.4f", out_dir, metrics["test_accuracy"])
+    return metrics

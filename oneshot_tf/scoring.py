@@ -1,0 +1,195 @@
+"""Candidate scoring with any proxy, a resumable candidates.jsonl, ranking."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from oneshot_tf import io_utils
+from oneshot_tf.proxy import Proxy
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    candidates_per_pass: int = 8   # K: candidates per forward pass, one per ghost batch
+    group_size: int = 32           # examples per candidate per pass (the ghost batch)
+    max_examples: Optional[int] = None  # validation examples used (None: all whole groups)
+    kl_examples: int = 64          # unlabeled training examples for the KL score
+    jit_compile: bool = False
+    verbose: bool = True
+
+
+class CandidateScorer:
+    """Scores architectures with a trained proxy in one compiled function.
+
+    Each pass evaluates ``K`` candidates on the same ``g`` validation
+    examples: the examples are tiled ``K`` times and candidate ``k`` gets
+    ghost batch ``k``.  The function is traced once for all candidates
+    (``trace_count`` counts traces); the last group is padded with copies.
+    Scores: ``accuracy`` on the validation examples (the ``score``), and
+    ``kl``, the paper's symmetrized KL divergence between the reference
+    (all paths on) and the candidate on unlabeled training examples, averaged
+    over examples (lower is better).
+    """
+
+    def __init__(self, proxy: Proxy, cfg: ScoreConfig):
+        self.proxy = proxy
+        self.cfg = cfg
+        self.trace_count = 0
+        self._forward = tf.function(self._forward_impl, jit_compile=cfg.jit_compile)
+
+    def _forward_impl(self, images, encodings):
+        self.trace_count += 1  # Python side effect: runs once per trace
+        k = encodings["input_mask"].shape[0]
+        tiled = tf.tile(images, [k] + [1] * (len(images.shape) - 1))
+        logits = self.proxy.candidate_logits(tiled, encodings)
+        logits = tf.reshape(logits, [k, images.shape[0], -1])
+        return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+
+    def _chunks(self, x, n=None):
+        g = self.cfg.group_size
+        n = len(x) if n is None else min(n, len(x))
+        count = n // g
+        if count == 0:
+            raise ValueError(f"need at least {g} examples to score (one group), got {n}")
+        return [tf.constant(x[i * g:(i + 1) * g]) for i in range(count)]
+
+    def prepare(self, x_val, y_val, x_kl=None):
+        """Cache the evaluation chunks (and the reference predictions for KL)."""
+        g = self.cfg.group_size
+        self._val = self._chunks(x_val, self.cfg.max_examples)
+        self._labels = [np.asarray(y_val[i * g:(i + 1) * g]) for i in range(len(self._val))]
+        self._kl = []
+        self._ref = []
+        if x_kl is not None and self.cfg.kl_examples:
+            self._kl = self._chunks(x_kl, self.cfg.kl_examples)
+            ref = self._stack([self.proxy.reference_encoding()] * self.cfg.candidates_per_pass)
+            self._ref = [self._forward(c, ref)[0].numpy() for c in self._kl]
+        return self
+
+    @staticmethod
+    def _stack(encodings: Sequence[Dict[str, np.ndarray]]):
+        return {k: tf.constant(np.stack([e[k] for e in encodings])) for k in encodings[0]}
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._val) * self.cfg.group_size
+
+    def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
+        """Scores of up to ``K`` candidates (one compiled call per chunk)."""
+        k = self.cfg.candidates_per_pass
+        n = len(encodings)
+        if not 0 < n <= k:
+            raise ValueError(f"score_encodings takes 1 to {k} encodings, got {n}")
+        enc = self._stack(list(encodings) + [encodings[-1]] * (k - n))
+        correct = np.zeros(k)
+        for chunk, labels in zip(self._val, self._labels):
+            logp = self._forward(chunk, enc).numpy()
+            correct += (logp.argmax(-1) == labels[None]).sum(1)
+        kl = np.zeros(k)
+        for chunk, ref in zip(self._kl, self._ref):
+            logq = self._forward(chunk, enc).numpy()
+            p, q = np.exp(ref)[None], np.exp(logq)
+            kl += ((p - q) * (ref[None] - logq)).sum(-1).sum(-1)
+        acc = correct / self.num_examples
+        kl = kl / max(len(self._kl) * self.cfg.group_size, 1)
+        return [{"score": float(acc[i]), "accuracy": float(acc[i]),
+                 **({"kl": float(kl[i])} if self._kl else {})} for i in range(n)]
+
+
+class CandidateStore:
+    """candidates.jsonl: one JSON object per scored candidate, appended.
+
+    A scoring run killed mid-way resumes: ids already in the file are
+    skipped, and a torn last line (a kill during a write) is dropped.
+    Local files are appended and fsynced per group; other file systems
+    (gs://) are rewritten atomically.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: List[Dict[str, Any]] = []
+        self.ids = set()
+        if tf.io.gfile.exists(path):
+            text = io_utils.read_text(path)
+            good = []
+            for line in text.splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                good.append(line)
+                if rec["id"] not in self.ids:
+                    self.ids.add(rec["id"])
+                    self.records.append(rec)
+            if sum(map(len, good)) != len(text):
+                io_utils.atomic_write_text(path, "".join(good))
+
+    def append(self, records: Iterable[Dict[str, Any]]):
+        new = [r for r in records if r["id"] not in self.ids]
+        if not new:
+            return
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        if io_utils.is_local(self.path):
+            with open(self.path, "a") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            existing = io_utils.read_text(self.path) if tf.io.gfile.exists(self.path) else ""
+            io_utils.atomic_write_text(self.path, existing + lines)
+        for r in new:
+            self.ids.add(r["id"])
+            self.records.append(r)
+
+
+def score_architectures(scorer: CandidateScorer, space, archs: Sequence[Any], store: CandidateStore,
+                        *, input_shape, num_classes: int, method: str, start_index: int = 0,
+                        verbose: bool = True) -> List[Dict[str, Any]]:
+    """Score ``archs`` not yet in ``store`` and append their records."""
+    todo = [(i, a) for i, a in enumerate(archs, start_index) if space.arch_id(a) not in store.ids]
+    k = scorer.cfg.candidates_per_pass
+    bar = keras.utils.Progbar(len(archs), verbose=1 if verbose else 0, unit_name="candidate")
+    bar.update(len(archs) - len(todo))
+    for s in range(0, len(todo), k):
+        group = todo[s:s + k]
+        scores = scorer.score_encodings([space.encode(a) for _, a in group])
+        records = []
+        for (index, arch), sc in zip(group, scores):
+            records.append({"id": space.arch_id(arch), "index": index, "method": method,
+                            "architecture": space.to_json(arch), **sc,
+                            "params": space.count_params(arch, input_shape=input_shape, num_classes=num_classes),
+                            "flops": space.count_flops(arch, input_shape=input_shape, num_classes=num_classes)})
+        store.append(records)
+        bar.update(len(archs) - len(todo) + s + len(group),
+                   [("best", max(r["score"] for r in store.records))])
+    return store.records
+
+
+def rank_candidates(records: Sequence[Dict[str, Any]], mode: str = "top",
+                    percentile: float = 90.0) -> List[Dict[str, Any]]:
+    """Order candidates best first.
+
+    ``top``: highest score first (ties: fewer parameters, then id).
+    ``small``: the paper's One-Shot Small: among candidates whose score is
+    at least the ``percentile``-th percentile of all scores, fewest
+    parameters first (ties: higher score, then id).
+    """
+    recs = list(records)
+    if not recs:
+        return []
+    if mode == "top":
+        return sorted(recs, key=lambda r: (-r["score"], r["params"], r["id"]))
+    if mode == "small":
+        threshold = float(np.percentile([r["score"] for r in recs], percentile))
+        eligible = [r for r in recs if r["score"] >= threshold]
+        return sorted(eligible, key=lambda r: (r["params"], -r["score"], r["id"]))
+    raise ValueError(f"unknown ranking {mode!r}: use 'top' or 'small'")

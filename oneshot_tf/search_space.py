@@ -1,0 +1,121 @@
+"""The two interfaces every method of the package implements.
+
+A *search space* knows architectures as data: it samples them, validates
+them, turns them into JSON and back, encodes them as fixed-shape arrays that
+enter compiled steps as tensors, and builds the stand-alone Keras model of
+one.  A *proxy* (the one-shot model, later a SMASH or GHN hypernetwork) is
+trained once and then scores many candidates, each given as its encoding.
+
+Binaries, scoring, retraining and export only talk to these two interfaces,
+so a new method plugs in by implementing them.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from typing import Any, Dict, Mapping, Sequence
+
+import numpy as np
+
+
+class ArchitectureError(ValueError):
+    """An architecture that is not part of its search space.
+
+    The message names the offending part (for cell spaces: the block) and
+    the problem.
+    """
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON text (sorted keys, no spaces) used for ids."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+class SearchSpace(abc.ABC):
+    """A set of architectures.
+
+    Architectures are immutable Python values; ``to_json``/``from_json``
+    convert them to and from plain JSON-able dicts, ``encode`` turns one into
+    a dict of fixed-shape ``float32`` arrays (the same shapes for every
+    architecture of the space, so one traced function serves them all).
+    """
+
+    #: short registry name of the space, written into config.json
+    name: str = ""
+
+    # -- definition --------------------------------------------------------
+    @abc.abstractmethod
+    def get_config(self) -> Dict[str, Any]:
+        """JSON-able definition from which ``from_config`` rebuilds the space."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SearchSpace":
+        ...
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Number of distinct architectures in the space."""
+
+    # -- architectures as data --------------------------------------------
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> Any:
+        """One architecture drawn from the space's documented distribution."""
+
+    @abc.abstractmethod
+    def validate(self, arch: Any) -> Any:
+        """Return ``arch`` if it belongs to the space, else raise ArchitectureError."""
+
+    @abc.abstractmethod
+    def to_json(self, arch: Any) -> Dict[str, Any]:
+        ...
+
+    @abc.abstractmethod
+    def from_json(self, obj: Any) -> Any:
+        """Parse (a dict or JSON text) and validate; raises ArchitectureError."""
+
+    @abc.abstractmethod
+    def encode(self, arch: Any) -> Dict[str, np.ndarray]:
+        """Fixed-shape float32 arrays describing ``arch`` for compiled steps."""
+
+    def encode_batch(self, archs: Sequence[Any]) -> Dict[str, np.ndarray]:
+        """Stack the encodings of several architectures along a new axis 0."""
+        encs = [self.encode(a) for a in archs]
+        return {k: np.stack([e[k] for e in encs]) for k in encs[0]}
+
+    def arch_id(self, arch: Any) -> str:
+        """A stable id: the first 16 hex digits of SHA-1 of the canonical JSON."""
+        return hashlib.sha1(canonical_json(self.to_json(arch)).encode()).hexdigest()[:16]
+
+    def sample_unique(self, n: int, seed: int) -> list:
+        """``n`` distinct architectures drawn with ``seed`` (fixed order)."""
+        if n > self.size():
+            raise ValueError(f"asked for {n} distinct architectures, the space has {self.size()}")
+        rng = np.random.default_rng(seed)
+        seen, out = set(), []
+        while len(out) < n:
+            arch = self.sample(rng)
+            key = self.arch_id(arch)
+            if key not in seen:
+                seen.add(key)
+                out.append(arch)
+        return out
+
+    # -- stand-alone models ------------------------------------------------
+    @abc.abstractmethod
+    def build_model(self, arch: Any, *, input_shape, num_classes: int, **kwargs):
+        """The stand-alone Keras model of ``arch`` (uint8 images in, logits out)."""
+
+    @abc.abstractmethod
+    def count_params(self, arch: Any, *, input_shape, num_classes: int) -> int:
+        """Trainable + non-trainable parameters of the stand-alone model."""
+
+    @abc.abstractmethod
+    def count_flops(self, arch: Any, *, input_shape, num_classes: int) -> int:
+        """Multiply-adds of one stand-alone forward pass on one image."""
+
+    def describe(self, arch: Any) -> str:
+        """Human-readable one-line description (default: canonical JSON)."""
+        return canonical_json(self.to_json(arch))
