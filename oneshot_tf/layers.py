@@ -55,15 +55,22 @@ class GhostBatchNorm(keras.layers.Layer):
         self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
 
-    def call(self, x, num_ghost: int = 1):
+    def call(self, x, num_ghost=1):
+        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        if isinstance(num_ghost, int) and len(x.shape) == 4:
+            # A static number of ghost batches: fused kernels, one per ghost batch.
+            parts = tf.split(x, num_ghost) if num_ghost > 1 else [x]
+            outs = [tf.compat.v1.nn.fused_batch_norm(p, gamma, beta, epsilon=self.epsilon,
+                                                     is_training=True)[0] for p in parts]
+            return outs[0] if num_ghost == 1 else tf.concat(outs, 0)
+        # A dynamic number (a gathered subset of ghost batches): moments.
         shape = tf.shape(x)
         xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
         axes = list(range(1, len(x.shape)))
         mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
-        scale = tf.math.rsqrt(var + self.epsilon) * tf.cast(self.gamma, x.dtype)
-        offset = tf.cast(self.beta, x.dtype) - mean * scale
-        y = xg * scale + offset
-        y = tf.reshape(y, shape)
+        scale = tf.math.rsqrt(var + self.epsilon) * tf.cast(gamma, x.dtype)
+        offset = tf.cast(beta, x.dtype) - mean * scale
+        y = tf.reshape(xg * scale + offset, shape)
         y.set_shape(x.shape)
         return y
 

@@ -49,7 +49,7 @@ class OneShotProxy(Proxy):
     def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
                  mean: Sequence[float] = None, std: Sequence[float] = None, ghost_batch_size: int = 32,
                  drop_rate: float = 0.1, weight_decay: float = 1e-4, skip_inactive: bool = True,
-                 bn_epsilon: float = 1e-3):
+                 static_shapes: bool = False, bn_epsilon: float = 1e-3):
         if not 0.0 < drop_rate < 1.0:
             raise ValueError(f"drop_rate r must be in (0, 1), got {drop_rate}")
         if ghost_batch_size < 1:
@@ -62,20 +62,23 @@ class OneShotProxy(Proxy):
         self.drop_rate = float(drop_rate)
         self.weight_decay = float(weight_decay)
         self.skip_inactive = bool(skip_inactive)
+        self.static_shapes = bool(static_shapes)
         self.bn_epsilon = float(bn_epsilon)
         self.model = None
 
     def get_config(self) -> Dict[str, Any]:
         return {"method": "oneshot", "ghost_batch_size": self.ghost_batch_size,
                 "drop_rate": self.drop_rate, "weight_decay": self.weight_decay,
-                "skip_inactive": self.skip_inactive, "bn_epsilon": self.bn_epsilon}
+                "skip_inactive": self.skip_inactive, "static_shapes": self.static_shapes,
+                "bn_epsilon": self.bn_epsilon}
 
     def build(self) -> None:
         if self.model is None:
             self.model = OneShotModel(self.space, input_shape=self.input_shape,
                                       num_classes=self.num_classes, mean=self.mean, std=self.std,
                                       bn_epsilon=self.bn_epsilon,
-                                      skip_inactive=self.skip_inactive).build_weights()
+                                      skip_inactive=self.skip_inactive,
+                                      static_shapes=self.static_shapes).build_weights()
 
     @property
     def trainable_variables(self):

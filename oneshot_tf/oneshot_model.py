@@ -16,9 +16,12 @@ are not rescaled, so the masked model computes exactly what the stand-alone
 model of the same architecture computes with the same weights (see
 ``models.transfer_oneshot_weights`` and the tests).
 
-With ``skip_inactive=True`` an op whose mask is 0 in every ghost batch of the
-call is not computed at all (a ``tf.cond`` inside the one compiled step), so
-scoring one candidate per pass costs about as much as its own network.
+With ``skip_inactive=True`` an op is computed only where some ghost batch
+keeps it (``tf.cond`` inside the one compiled step; without
+``static_shapes`` only on the ghost batches that keep it), so scoring one
+candidate per pass costs about as much as its own network, and several
+candidates per pass cost about as much as their networks together.  Masks
+are 0/1.
 """
 
 from __future__ import annotations
@@ -54,12 +57,13 @@ class OneShotModel(keras.Model):
 
     def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
                  mean: Sequence[float] = None, std: Sequence[float] = None, bn_epsilon: float = 1e-3,
-                 skip_inactive: bool = True, **kwargs):
+                 skip_inactive: bool = True, static_shapes: bool = False, **kwargs):
         super().__init__(name=kwargs.pop("name", "oneshot"), **kwargs)
         self.space = space
         self.image_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.skip_inactive = bool(skip_inactive)
+        self.static_shapes = bool(static_shapes)
         c = self.image_shape[-1]
         self.standardize = Standardize([0.0] * c if mean is None else mean,
                                        [255.0] * c if std is None else std, name="standardize")
@@ -165,12 +169,37 @@ class OneShotModel(keras.Model):
                 return self._run(names, values[node.deps[0]], num_ghost)
 
     def _masked_op(self, names, h, mask, num_ghost):
-        def run():
+        """``mask[g] * op(h)`` per ghost batch ``g`` (masks are 0/1).
+
+        ``skip_inactive`` with ``static_shapes=False`` (CPU/GPU): an op runs
+        only on the ghost batches that keep it (gathered, then scattered
+        back), so its cost follows the number of candidates using it.
+        ``static_shapes=True`` (XLA/TPU): the op runs on the whole batch and
+        is skipped only when no ghost batch keeps it.
+        """
+        def run_all():
             return mask_ghost(self._run(names, h, num_ghost), mask, num_ghost)
 
         if not self.skip_inactive:
-            return run()
-        return tf.cond(tf.reduce_any(mask > 0), run, lambda: tf.zeros_like(h))
+            return run_all()
+        active = mask > 0
+        if self.static_shapes or num_ghost == 1 or not names or names[0].endswith("_pool"):
+            return tf.cond(tf.reduce_any(active), run_all, lambda: tf.zeros_like(h))
+        idx = tf.where(active)[:, 0]
+        n = tf.shape(idx, out_type=tf.int32)[0]
+
+        def run_some():
+            shape = tf.shape(h)
+            hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
+            sel = tf.gather(hg, idx)
+            y = self._run(names, tf.reshape(sel, tf.concat([[-1], shape[1:]], 0)), n)
+            out = tf.scatter_nd(idx[:, None], tf.reshape(y, tf.shape(sel)), tf.shape(hg, out_type=tf.int64))
+            out = tf.reshape(out, shape)
+            out.set_shape(h.shape)
+            return out
+
+        return tf.case([(tf.equal(n, num_ghost), lambda: self._run(names, h, num_ghost)),
+                        (tf.greater(n, 0), run_some)], default=lambda: tf.zeros_like(h))
 
     # -- masked L2 ---------------------------------------------------------
     def path_squared_norms(self):

@@ -39,7 +39,8 @@ def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple
     mean, std = dataset.channel_stats()
     proxy = OneShotProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
                          mean=mean, std=std, ghost_batch_size=cfg.ghost_batch_size,
-                         drop_rate=cfg.drop_rate, weight_decay=cfg.weight_decay)
+                         drop_rate=cfg.drop_rate, weight_decay=cfg.weight_decay,
+                         static_shapes=cfg.jit_compile)
     return space, proxy
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Dict, Optional
 
@@ -49,18 +48,20 @@ class StandaloneTask(TrainTask):
 
 
 def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (inference mode) on every example of ``(x, y)``."""
+    """Top-1 accuracy of ``model`` (inference mode) on every example of ``(x, y)``.
+
+    The last batch is padded to ``batch_size`` so one trace serves all."""
+    batch_size = min(batch_size, len(x))
     predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1))
     correct = 0
     for i in range(0, len(x), batch_size):
-        correct += int(np.sum(predict(tf.constant(x[i:i + batch_size])).numpy() == y[i:i + batch_size]))
+        chunk = x[i:i + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        pred = predict(tf.constant(chunk)).numpy()[:n]
+        correct += int(np.sum(pred == y[i:i + n]))
     return correct / len(x)
-
-
-@dataclasses.dataclass
-class RetrainResult:
-    metrics: Dict[str, Any]
-    model: Optional[keras.Model]
 
 
 def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, filters: Optional[int] = None,

@@ -1,0 +1,185 @@
+"""Speed of the one-shot machinery, measured side by side in one run.
+
+    python -m benchmarks.benchmark [--image_size=32 --filters=8 --num_cells=3 ...]
+
+(a) one-shot training throughput (examples/s) / throughput of the equivalent
+    all-on stand-alone model (same ops, ordinary BN), same step code;
+(b) candidates scored per second by the masked evaluator, with one and with
+    K candidates per pass, / candidates per second when building and
+    evaluating a stand-alone model per candidate;
+(c) seconds to score one candidate / one compiled forward pass of that
+    candidate's own stand-alone model over the same examples.
+
+Ratios are what to read: both sides run in the same process on the same
+machine, interleaved, best of several repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--num_cells", type=int, default=3)
+    p.add_argument("--num_stages", type=int, default=3)
+    p.add_argument("--filters", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--ghost_batch_size", type=int, default=32)
+    p.add_argument("--train_steps", type=int, default=20, help="timed steps per repeat")
+    p.add_argument("--candidates", type=int, default=16, help="candidates per scoring measurement")
+    p.add_argument("--candidates_per_pass", type=int, default=8)
+    p.add_argument("--eval_examples", type=int, default=256)
+    p.add_argument("--baseline_candidates", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--progress", type=float, default=0.0,
+                   help="path-dropout schedule position for (a): 0 = all paths on (fair vs all-on)")
+    p.add_argument("--json", default="", help="also write the results to this file")
+    args = p.parse_args(argv)
+
+    import keras
+    import tensorflow as tf
+
+    from oneshot_tf.cell_space import CellSearchSpace
+    from oneshot_tf.models import transfer_oneshot_weights
+    from oneshot_tf.oneshot import OneShotProxy
+    from oneshot_tf.retrain import StandaloneTask
+    from oneshot_tf.scoring import CandidateScorer, ScoreConfig
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    shape = (args.image_size, args.image_size, args.channels)
+    classes = 10
+    space = CellSearchSpace(num_cells=args.num_cells, num_stages=args.num_stages, filters=args.filters)
+    x = rng.integers(0, 256, (args.batch_size,) + shape).astype(np.uint8)
+    y = rng.integers(0, classes, args.batch_size).astype(np.int64)
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    def train_fn(task):
+        task.build()
+        opt = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
+        variables = task.trainable_variables
+        opt.build(variables)
+        progress = tf.constant(args.progress)
+
+        @tf.function
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                loss, _ = task.loss(images, labels, progress=progress, seed=tf.constant([1, 2]),
+                                    global_batch_size=args.batch_size, num_replicas=1)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+        step(xt, yt).numpy()
+        return lambda: step(xt, yt)
+
+    def rate(fn, n):
+        fn().numpy() if hasattr(fn(), "numpy") else None
+        t = time.perf_counter()
+        out = None
+        for _ in range(n):
+            out = fn()
+        if hasattr(out, "numpy"):
+            out.numpy()
+        return n / (time.perf_counter() - t)
+
+    results = {"machine": platform.processor() or platform.machine(), "tensorflow": tf.__version__,
+               "config": vars(args)}
+
+    # (a) training throughput ------------------------------------------------
+    proxy = OneShotProxy(space, input_shape=shape, num_classes=classes, ghost_batch_size=args.ghost_batch_size)
+    oneshot_step = train_fn(proxy)
+    allon = StandaloneTask(lambda: space.build_model(space.all_on(), input_shape=shape, num_classes=classes,
+                                                     validate=False))
+    allon_step = train_fn(allon)
+    a_one, a_all = [], []
+    for _ in range(args.repeats):
+        a_one.append(rate(oneshot_step, args.train_steps) * args.batch_size)
+        a_all.append(rate(allon_step, args.train_steps) * args.batch_size)
+    results["a_oneshot_examples_per_s"] = max(a_one)
+    results["a_allon_examples_per_s"] = max(a_all)
+    results["a_ratio"] = max(a_one) / max(a_all)
+
+    # (b) candidates per second ---------------------------------------------
+    xv = rng.integers(0, 256, (args.eval_examples,) + shape).astype(np.uint8)
+    yv = rng.integers(0, classes, args.eval_examples).astype(np.int64)
+    archs = space.sample_unique(args.candidates, seed=3)
+    encs = [space.encode(a) for a in archs]
+
+    def scorer_rate(k):
+        sc = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=args.ghost_batch_size,
+                                                kl_examples=0, verbose=False)).prepare(xv, yv)
+        sc.score_encodings(encs[:k])  # trace
+        t = time.perf_counter()
+        for s in range(0, len(encs), k):
+            sc.score_encodings(encs[s:s + k])
+        return len(encs) / (time.perf_counter() - t)
+
+    def baseline_rate():
+        t = time.perf_counter()
+        for a in archs[: args.baseline_candidates]:
+            m = space.build_model(a, input_shape=shape, num_classes=classes)
+            transfer_oneshot_weights(proxy.model, m, a)
+            fwd = tf.function(lambda im: m(im, training=True))
+            correct = 0
+            for i in range(0, args.eval_examples - args.ghost_batch_size + 1, args.ghost_batch_size):
+                logits = fwd(tf.constant(xv[i:i + args.ghost_batch_size]))
+                correct += int(np.sum(np.argmax(logits, -1) == yv[i:i + args.ghost_batch_size]))
+        return args.baseline_candidates / (time.perf_counter() - t)
+
+    b1, bk, bb = [], [], []
+    for _ in range(args.repeats):
+        b1.append(scorer_rate(1))
+        bk.append(scorer_rate(args.candidates_per_pass))
+        bb.append(baseline_rate())
+    results["b_candidates_per_s_1_per_pass"] = max(b1)
+    results[f"b_candidates_per_s_{args.candidates_per_pass}_per_pass"] = max(bk)
+    results["b_candidates_per_s_standalone_build"] = max(bb)
+    results["b_ratio_1_per_pass"] = max(b1) / max(bb)
+    results[f"b_ratio_{args.candidates_per_pass}_per_pass"] = max(bk) / max(bb)
+
+    # (c) one candidate vs its own compiled forward pass ---------------------
+    arch = archs[0]
+    m = space.build_model(arch, input_shape=shape, num_classes=classes)
+    transfer_oneshot_weights(proxy.model, m, arch)
+    fwd = tf.function(lambda im: m(im, training=True))
+    chunks = [tf.constant(xv[i:i + args.ghost_batch_size])
+              for i in range(0, args.eval_examples - args.ghost_batch_size + 1, args.ghost_batch_size)]
+    sc = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=1, group_size=args.ghost_batch_size,
+                                            kl_examples=0, verbose=False)).prepare(xv, yv)
+    sc.score_encodings([encs[0]])
+    for c in chunks:
+        fwd(c)
+    c_score, c_fwd = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(5):
+            sc.score_encodings([encs[0]])
+        c_score.append((time.perf_counter() - t) / 5)
+        t = time.perf_counter()
+        for _ in range(5):
+            for c in chunks:
+                fwd(c).numpy()
+        c_fwd.append((time.perf_counter() - t) / 5)
+    results["c_seconds_score_one"] = min(c_score)
+    results["c_seconds_standalone_forward"] = min(c_fwd)
+    results["c_ratio"] = min(c_score) / min(c_fwd)
+
+    width = max(map(len, results))
+    for k, v in results.items():
+        if k != "config":
+            print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""End-to-end tests of the search pipeline (experiments binaries, pipeline.SearchRun),
+candidate scoring resume and ranking."""
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from oneshot_tf import config as config_lib
+from oneshot_tf import io_utils, pipeline
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.pipeline import ProxyNotTrainedError, SearchRun
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, rank_candidates, score_architectures
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = config_lib.PRESETS["tiny"]
+INPUT_SHAPE = (TINY["image_size"], TINY["image_size"], 1)  # digits are grayscale
+NUM_CLASSES = 10
+
+
+def _tiny_space():
+    return CellSearchSpace(num_cells=TINY["num_cells"], num_stages=TINY["num_stages"],
+                           filters=TINY["filters"], num_blocks=TINY["num_blocks"])
+
+
+def _cli(module, *args, timeout=420):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _events(directory):
+    """{tag: (plugin name, [(step, value ndarray), ...])} of the event files in ``directory``."""
+    files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents*")))
+    assert files, f"no event file in {directory}"
+    tags = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                entry = tags.setdefault(v.tag, (v.metadata.plugin_data.plugin_name, []))
+                entry[1].append((event.step, tf.make_ndarray(v.tensor)))
+    return tags
+
+
+def _snapshot(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = (f.read(), os.stat(p).st_mtime_ns)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The real binary, end to end (one subprocess for the whole module)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("e2e") / "run"
+    proc = _cli("experiments.run", f"--model_dir={model_dir}", "--preset=tiny", "--quiet")
+    if proc.returncode != 0:
+        pytest.fail(f"experiments.run failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return pipeline.load_data(config_lib.resolve("tiny", {}))
+
+
+def test_cli_run_writes_the_resolved_config(e2e):
+    cfg = io_utils.read_json(str(e2e / "config.json"))
+    flags = cfg["flags"]
+    assert set(flags) == {f.name for f in dataclasses.fields(config_lib.RunConfig)}
+    assert flags == config_lib.resolve("tiny", {}).to_dict()
+    assert flags["preset"] == "tiny" and flags["filters"] == 4 and flags["train_steps"] == 6
+    space = _tiny_space()
+    assert cfg["search_space"] == space.get_config()
+    assert CellSearchSpace.from_config(cfg["search_space"]).get_config() == space.get_config()
+    assert cfg["search_space_size"] == space.size()
+    assert cfg["proxy"]["method"] == "oneshot"
+    assert cfg["data"]["image_shape"] == list(INPUT_SHAPE)
+
+
+def test_cli_run_scores_every_candidate_once(e2e):
+    records = _read_jsonl(e2e / "candidates.jsonl")
+    n = TINY["num_candidates"]
+    assert len(records) == n
+    space = _tiny_space()
+    expected = space.sample_unique(n, seed=config_lib.resolve("tiny", {}).seed + 1)
+    assert [r["id"] for r in records] == [space.arch_id(a) for a in expected]
+    for i, r in enumerate(records):
+        assert {"id", "architecture", "score", "params", "flops", "index", "method"} <= set(r)
+        arch = space.from_json(r["architecture"])
+        assert arch == expected[i]
+        assert r["index"] == i and r["method"] == "oneshot"
+        assert r["params"] == space.count_params(arch, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+        assert r["flops"] == space.count_flops(arch, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+        # Accuracy over the 64 validation examples (two groups of 32).
+        assert 0.0 <= r["score"] <= 1.0
+        assert r["score"] * 64 == pytest.approx(round(r["score"] * 64), abs=1e-6)
+        assert r["score"] == r["accuracy"]
+        assert r["kl"] >= 0.0
+
+
+def test_cli_run_retrains_and_exports_the_winners(e2e, tiny_data):
+    records = _read_jsonl(e2e / "candidates.jsonl")
+    best = rank_candidates(records, "top")[:2]
+    space = _tiny_space()
+    results = io_utils.read_json(str(e2e / "results.json"))["winners"]
+    assert [w["id"] for w in results] == [r["id"] for r in best]
+    metrics = {}
+    for rank, rec in enumerate(best, start=1):
+        out = e2e / "winners" / str(rank)
+        arch_json = io_utils.read_json(str(out / "architecture.json"))
+        assert space.from_json(arch_json) == space.from_json(rec["architecture"])
+        m = io_utils.read_json(str(out / "metrics.json"))
+        metrics[rank] = m
+        assert any("acc" in k for k in m)
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        assert m["rank"] == rank and m["id"] == rec["id"]
+        assert m["proxy_score"] == rec["score"]
+        # Keras' count of the stand-alone model equals the analytic count.
+        assert m["params"] == rec["params"]
+        assert m["flops"] == rec["flops"]
+        assert results[rank - 1]["test_accuracy"] == m["test_accuracy"]
+
+        loaded = tf.saved_model.load(str(out / "saved_model"))
+        probs = loaded.serve(tf.constant(tiny_data.x_test)).numpy()
+        assert probs.shape == (len(tiny_data.x_test), NUM_CLASSES)
+        assert (probs >= 0).all()
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+        assert m["test_accuracy"] == pytest.approx(float(np.mean(probs.argmax(-1) == tiny_data.y_test)))
+        assert not glob.glob(str(out / "*.tmp-*"))
+    assert metrics[1]["proxy_score"] >= metrics[2]["proxy_score"]
+
+
+def test_cli_run_writes_tensorboard_events(e2e):
+    proxy = _events(str(e2e / "proxy" / "train"))
+    for tag in ("loss", "accuracy", "path_dropout/op", "learning_rate"):
+        assert proxy[tag][0] == "scalars", tag
+        assert [s for s, _ in proxy[tag][1]] == [2, 4, 6], tag
+    # The path-dropout schedule by hand: p = (step / 6) * r ** (1 / k), r = 0.1,
+    # k = 7 ops, k = 2 + i inputs of block i.
+    for step, value in proxy["path_dropout/op"][1]:
+        assert float(value) == pytest.approx(step / 6 * 0.1 ** (1 / 7), rel=1e-5)
+    for i in range(TINY["num_blocks"]):
+        for step, value in proxy[f"path_dropout/input_block{i}"][1]:
+            assert float(value) == pytest.approx(step / 6 * 0.1 ** (1 / (2 + i)), rel=1e-5)
+    lrs = [float(v) for _, v in proxy["learning_rate"][1]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] <= 0.1
+
+    score = _events(str(e2e / "score"))
+    plugin, values = score["candidates/score"]
+    assert plugin == "histograms"
+    ((step, hist),) = values
+    assert step == TINY["num_candidates"]
+    assert hist[:, 2].sum() == TINY["num_candidates"]
+    assert float(score["candidates/count"][1][0][1]) == TINY["num_candidates"]
+    best = max(r["score"] for r in _read_jsonl(e2e / "candidates.jsonl"))
+    assert float(score["candidates/best_score"][1][0][1]) == pytest.approx(best)
+
+    for rank in (1, 2):
+        winner = _events(str(e2e / "winners" / str(rank) / "train"))
+        for tag in ("loss", "accuracy", "learning_rate"):
+            assert winner[tag][0] == "scalars"
+            assert [s for s, _ in winner[tag][1]] == [2, 4, 6]
+
+
+def test_rerun_on_finished_dir_does_no_new_work(e2e, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+    shutil.copytree(e2e, model_dir)
+    before = _snapshot(model_dir)
+    cfg = config_lib.RunConfig.from_dict(io_utils.read_json(str(model_dir / "config.json"))["flags"])
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored a candidate again")
+
+    monkeypatch.setattr(CandidateScorer, "score_encodings", no_scoring)
+    results = SearchRun(cfg, str(model_dir), verbose=False).run()
+    after = _snapshot(model_dir)
+
+    assert results == io_utils.read_json(str(e2e / "results.json"))["winners"]
+    assert after["candidates.jsonl"] == before["candidates.jsonl"]  # same bytes, same mtime
+    for name, (content, mtime) in before.items():
+        if name.startswith(("proxy", "winners")):
+            assert after[name] == (content, mtime), name
+    new = sorted(set(after) - set(before))
+    assert not [n for n in new if n.startswith(("proxy", "winners")) or n == "candidates.jsonl"], new
+    assert after["config.json"][0] == before["config.json"][0]
+    assert json.loads(after["results.json"][0]) == json.loads(before["results.json"][0])
+
+
+# ---------------------------------------------------------------------------
+# Scoring in-process with the proxy the binary trained
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scoring(e2e, tmp_path_factory):
+    """A directory holding the e2e run's config and trained proxy only, its
+    SearchRun, and an uninterrupted scoring of its candidates into another file."""
+    model_dir = tmp_path_factory.mktemp("scoring") / "run"
+    model_dir.mkdir()
+    shutil.copy(e2e / "config.json", model_dir / "config.json")
+    shutil.copytree(e2e / "proxy", model_dir / "proxy")
+    run = SearchRun(config_lib.resolve("tiny", {}), str(model_dir), verbose=False)
+    run.restore_proxy()
+    ref_path = str(model_dir.parent / "reference.jsonl")
+    ref = score_architectures(run.make_scorer(), run.space, run.candidates(), CandidateStore(ref_path),
+                              input_shape=run.dataset.image_shape, num_classes=run.dataset.num_classes,
+                              method="oneshot", verbose=False)
+    return run, model_dir, {r["id"]: r for r in ref}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_scoring_resumes_after_interruption_and_torn_line(scoring, monkeypatch):
+    run, model_dir, ref = scoring
+    path = model_dir / "candidates.jsonl"
+    n, k = TINY["num_candidates"], TINY["candidates_per_pass"]
+
+    original = CandidateStore.append
+    calls = []
+
+    def dies_on_second_group(self, records):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise Killed("killed while scoring group 2")
+        return original(self, records)
+
+    monkeypatch.setattr(CandidateStore, "append", dies_on_second_group)
+    with pytest.raises(Killed):
+        run.score()
+    monkeypatch.undo()
+    first = _read_jsonl(path)
+    assert len(first) == k
+    order = [r["id"] for r in first]
+
+    # A kill in the middle of writing group 2 left a torn line.
+    fifth = json.dumps(ref[[i for i in ref if i not in order][0]], sort_keys=True)
+    with open(path, "a") as f:
+        f.write(fifth[: len(fifth) // 2])
+
+    records = run.score()
+    lines = _read_jsonl(path)  # every line is complete JSON again
+    ids = [r["id"] for r in lines]
+    assert len(lines) == n and len(set(ids)) == n
+    assert ids[:k] == order
+    assert set(ids) == set(ref)
+    assert [r["id"] for r in records] == ids
+    for r in lines:
+        want = ref[r["id"]]
+        assert r["index"] == want["index"]
+        assert r["architecture"] == want["architecture"]
+        assert r["params"] == want["params"] and r["flops"] == want["flops"]
+        assert r["score"] == want["score"]
+        assert r["kl"] == pytest.approx(want["kl"], rel=1e-5, abs=1e-7)
+
+
+def test_score_step_uses_the_trained_proxy(scoring, e2e):
+    """experiments.score in a new process (here: a new SearchRun) must score
+    with the proxy's trained weights, i.e. reproduce the scores that the run
+    that trained the proxy wrote."""
+    _, _, ref = scoring
+    trained = {r["id"]: r for r in _read_jsonl(e2e / "candidates.jsonl")}
+    assert set(trained) == set(ref)
+    for i, r in trained.items():
+        assert ref[i]["score"] == pytest.approx(r["score"]), i
+        assert ref[i]["kl"] == pytest.approx(r["kl"], rel=1e-4, abs=1e-6), i
+
+
+def test_candidate_store_drops_torn_last_line_and_duplicates(tmp_path):
+    path = str(tmp_path / "c.jsonl")
+    a, b = {"id": "a", "score": 0.5}, {"id": "b", "score": 0.25}
+    with open(path, "w") as f:
+        f.write(json.dumps(a) + "\n" + json.dumps(b) + "\n" + json.dumps(a) + "\n" + '{"id": "c", "sc')
+    store = CandidateStore(path)
+    assert store.records == [a, b] and store.ids == {"a", "b"}
+    with open(path) as f:
+        text = f.read()
+    assert text == json.dumps(a) + "\n" + json.dumps(b) + "\n" + json.dumps(a) + "\n"
+    store.append([b, {"id": "c", "score": 1.0}])
+    assert [r["id"] for r in CandidateStore(path).records] == ["a", "b", "c"]
+    assert not glob.glob(str(tmp_path / "*.tmp-*"))
+
+
+def test_score_without_trained_proxy_says_to_train_first(tmp_path, e2e):
+    cfg = config_lib.resolve("tiny", {})
+    with pytest.raises(ProxyNotTrainedError, match=r"trained 0 of 6 steps; run experiments.train"):
+        SearchRun(cfg, str(tmp_path / "fresh"), verbose=False).score()
+    assert not (tmp_path / "fresh" / "candidates.jsonl").exists()
+
+    # Half trained: only the step-3 checkpoint.
+    partial = tmp_path / "partial"
+    (partial / "proxy").mkdir(parents=True)
+    for f in glob.glob(str(e2e / "proxy" / "ckpt-3.*")):
+        shutil.copy(f, partial / "proxy")
+    tf.train.update_checkpoint_state(str(partial / "proxy"), str(partial / "proxy" / "ckpt-3"))
+    with pytest.raises(ProxyNotTrainedError, match=r"trained 3 of 6 steps"):
+        SearchRun(cfg, str(partial), verbose=False).score()
+
+
+# ---------------------------------------------------------------------------
+# Config identity
+# ---------------------------------------------------------------------------
+
+
+def _dir_with_config(e2e, tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    shutil.copy(e2e / "config.json", d / "config.json")
+    return d
+
+
+def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
+    d = _dir_with_config(e2e, tmp_path)
+    before = (d / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=r"--filters: 4 in the directory, 8 now") as info:
+        SearchRun(config_lib.resolve("tiny", {"filters": 8}), str(d), verbose=False)
+    assert "--model_dir" in str(info.value)
+    assert (d / "config.json").read_bytes() == before
+    # Settings that do not define the directory's contents may change.
+    SearchRun(config_lib.resolve("tiny", {"num_winners": 1, "log_every": 3}), str(d), verbose=False)
+    assert io_utils.read_json(str(d / "config.json"))["flags"]["num_winners"] == 1
+
+
+@pytest.mark.parametrize("flag,value", [("augment", False), ("score_examples", 32), ("kl_examples", 0)])
+def test_flags_that_change_stored_results_are_identity_flags(e2e, tmp_path, flag, value):
+    """augment changes the trained proxy (like learning_rate, an identity flag);
+    score_examples and kl_examples change the scores in candidates.jsonl, so a
+    resumed scoring would mix candidates scored two ways."""
+    d = _dir_with_config(e2e, tmp_path)
+    with pytest.raises(ValueError, match=f"--{flag}:"):
+        SearchRun(config_lib.resolve("tiny", {flag: value}), str(d), verbose=False)
+
+
+def test_cli_reports_unavailable_dataset_without_traceback(tmp_path):
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    model_dir = tmp_path / "run"
+    proc = _cli("experiments.run", f"--model_dir={model_dir}", "--preset=tiny", "--quiet",
+                "--dataset=cifar10", f"--data_dir={empty}", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "dataset 'cifar10' is not available offline" in lines[0]
+    assert str(empty) in lines[0]
+    assert "tfds build cifar10" in lines[0]
+    assert not model_dir.exists()
+
+
+# ---------------------------------------------------------------------------
+# Ranking
+# ---------------------------------------------------------------------------
+
+
+def _recs():
+    # id, score, params
+    rows = [("a", 0.30, 500), ("b", 0.90, 900), ("c", 0.70, 300), ("d", 0.90, 400),
+            ("e", 0.50, 100), ("f", 0.70, 300), ("g", 0.10, 50)]
+    return [{"id": i, "score": s, "params": p} for i, s, p in rows]
+
+
+def test_rank_top_orders_by_score_then_params_then_id():
+    ranked = rank_candidates(_recs(), "top")
+    assert [r["id"] for r in ranked] == ["d", "b", "c", "f", "e", "a", "g"]
+    assert rank_candidates([], "top") == []
+
+
+def test_rank_small_picks_fewest_params_above_percentile():
+    # Sorted scores: .1 .3 .5 .7 .7 .9 .9; the 50th percentile is .7 (position 3),
+    # the 70th is at position 4.2 -> .7 + .2 * (.9 - .7) = .74.
+    assert [r["id"] for r in rank_candidates(_recs(), "small", 50.0)] == ["c", "f", "d", "b"]
+    assert [r["id"] for r in rank_candidates(_recs(), "small", 70.0)] == ["d", "b"]
+    # The 10th percentile: position 0.6 -> .1 + .6 * .2 = .22: all but g, fewest params first
+    # (ties: higher score, then id).
+    assert [r["id"] for r in rank_candidates(_recs(), "small", 10.0)] == ["e", "c", "f", "d", "a", "b"]
+    # The 0th percentile keeps everything.
+    assert rank_candidates(_recs(), "small", 0.0)[0]["id"] == "g"
+
+
+def test_rank_unknown_mode_raises():
+    with pytest.raises(ValueError, match="unknown ranking 'best'"):
+        rank_candidates(_recs(), "best")

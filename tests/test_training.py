@@ -1,0 +1,353 @@
+"""Tests for oneshot_tf.training: the optimizer, resume, divergence handling."""
+
+import dataclasses
+import math
+import os
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from oneshot_tf import data as data_lib
+from oneshot_tf import training
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.training import TrainConfig, TrainingDivergedError, TrainTask, make_optimizer, train
+
+
+# ---------------------------------------------------------------------------
+# A scalar task whose trajectory can be computed by hand
+# ---------------------------------------------------------------------------
+
+
+class ScalarTask(TrainTask):
+    """loss = w * scale: the gradient is ``scale`` whatever the data.
+
+    ``scale`` is 1, or NaN for the step numbered ``nan_at_step`` (1-based), so
+    divergence happens at a known step.
+    """
+
+    def __init__(self, nan_at_step=None, total_steps=None):
+        self.nan_at_step = nan_at_step
+        self.total_steps = total_steps
+        self.model = None
+
+    def build(self):
+        if self.model is None:
+            self.model = keras.Sequential(
+                [keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+
+    @property
+    def trainable_variables(self):
+        return self.model.trainable_variables
+
+    def checkpoint_objects(self):
+        return {"model": self.model}
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+        del seed, labels
+        w = self.model.trainable_variables[0][0, 0]
+        scale = tf.constant(1.0)
+        if self.nan_at_step is not None:
+            # progress = (step - 1) / total while step ``step`` is computed.
+            step = tf.round(progress * self.total_steps) + 1.0
+            scale = tf.where(tf.equal(step, float(self.nan_at_step)), tf.constant(float("nan")), 1.0)
+        dummy = 0.0 * tf.reduce_sum(tf.cast(images, tf.float32)) / global_batch_size
+        loss = w * scale + dummy
+        return loss, {"w": tf.identity(w) / num_replicas}
+
+
+def _scalar_data(n=8):
+    x = np.zeros((n, 2, 2, 1), np.uint8)
+    y = np.zeros((n,), np.int64)
+    return x, y
+
+
+def _hand_sgd_nesterov_cosine(steps, lr0, momentum=0.9, grad=1.0, total=None):
+    """w after ``steps`` Keras-SGD Nesterov updates with cosine-decayed lr, w0 = 0."""
+    total = total or steps
+    w, m = 0.0, 0.0
+    traj = []
+    for i in range(steps):
+        lr = lr0 * 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
+        m = momentum * m - lr * grad
+        w = w + momentum * m - lr * grad
+        traj.append(w)
+    return traj
+
+
+def _scalar_cfg(**kw):
+    base = dict(steps=6, batch_size=4, learning_rate=0.1, augment=False, checkpoint_every=2,
+                log_every=1, verbose=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _restore_scalar(path):
+    task = ScalarTask()
+    task.build()
+    opt = make_optimizer(_scalar_cfg())
+    opt.build(task.trainable_variables)
+    tf.train.Checkpoint(optimizer=opt, **task.checkpoint_objects()).restore(path).assert_existing_objects_matched()
+    return float(task.model.trainable_variables[0].numpy()[0, 0]), int(opt.iterations.numpy())
+
+
+# ---------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------
+
+
+def test_make_optimizer_is_sgd_nesterov_with_cosine_decay():
+    opt = make_optimizer(TrainConfig(steps=500, learning_rate=0.3))
+    assert isinstance(opt, keras.optimizers.SGD)
+    cfg = opt.get_config()
+    assert cfg["nesterov"] is True
+    assert cfg["momentum"] == pytest.approx(0.9)
+    sched = opt._learning_rate if hasattr(opt, "_learning_rate") else None
+    assert isinstance(sched, keras.optimizers.schedules.CosineDecay)
+    scfg = sched.get_config()
+    assert scfg["initial_learning_rate"] == pytest.approx(0.3)
+    assert scfg["decay_steps"] == 500
+    assert scfg["alpha"] == 0.0
+    # Cosine values by hand: lr(t) = 0.3 * (1 + cos(pi t / 500)) / 2.
+    for t in (0, 125, 250, 500, 700):
+        expected = 0.3 * 0.5 * (1 + math.cos(math.pi * min(t, 500) / 500))
+        assert float(sched(t)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_make_optimizer_constant_and_unknown_schedule():
+    opt = make_optimizer(TrainConfig(steps=10, learning_rate=0.05, lr_schedule="constant"))
+    assert training.current_lr(opt) == pytest.approx(0.05)
+    assert opt.get_config()["nesterov"] is True
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        make_optimizer(TrainConfig(steps=10, lr_schedule="linear"))
+
+
+def test_training_trajectory_matches_hand_computed_sgd_nesterov_cosine(tmp_path):
+    task = ScalarTask()
+    x, y = _scalar_data()
+    out = train(task, x, y, _scalar_cfg(), str(tmp_path / "ckpt"))
+    traj = _hand_sgd_nesterov_cosine(6, 0.1)
+    w = float(task.model.trainable_variables[0].numpy()[0, 0])
+    assert w == pytest.approx(traj[-1], rel=1e-5)
+    # The metric "w" is read before the update of step 6.
+    assert out["w"] == pytest.approx(traj[-2], rel=1e-5)
+    # Checkpoints at the checkpoint_every steps, the last two kept.
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-6")
+    w4, it4 = _restore_scalar(str(tmp_path / "ckpt" / "ckpt-4"))
+    assert it4 == 4
+    assert w4 == pytest.approx(traj[3], rel=1e-5)
+    # A finished run does nothing more.
+    again = ScalarTask()
+    assert train(again, x, y, _scalar_cfg(), str(tmp_path / "ckpt")) == {}
+    assert float(again.model.trainable_variables[0].numpy()[0, 0]) == pytest.approx(traj[-1], rel=1e-5)
+
+
+def test_batch_size_not_divisible_by_replicas_raises(tmp_path):
+    task = ScalarTask()
+    x, y = _scalar_data()
+    strategy = types.SimpleNamespace(num_replicas_in_sync=3)
+    with pytest.raises(ValueError, match="batch size 4 does not split over 3 replicas"):
+        train(task, x, y, _scalar_cfg(batch_size=4), str(tmp_path / "ckpt"), strategy=strategy)
+    assert task.model is None  # nothing was built
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
+# ---------------------------------------------------------------------------
+# Divergence
+# ---------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_with_last_good_checkpoint_kept(tmp_path):
+    model_dir = str(tmp_path / "ckpt")
+    task = ScalarTask(nan_at_step=5, total_steps=6)
+    x, y = _scalar_data()
+    with pytest.raises(TrainingDivergedError) as info:
+        train(task, x, y, _scalar_cfg(), model_dir, description="scalar run")
+    msg = str(info.value)
+    assert "scalar run" in msg
+    assert "at step 5" in msg
+    assert "(step 4)" in msg
+    assert model_dir in msg
+    assert "nan" in msg.lower()
+    # The in-memory weights are ruined, the checkpoint on disk is not.
+    assert not np.isfinite(task.model.trainable_variables[0].numpy()).all()
+    latest = tf.train.latest_checkpoint(model_dir)
+    assert latest is not None and latest.endswith("ckpt-4")
+    assert os.path.exists(latest + ".index")
+    w4, it4 = _restore_scalar(latest)
+    assert it4 == 4
+    assert w4 == pytest.approx(_hand_sgd_nesterov_cosine(4, 0.1, total=6)[-1], rel=1e-5)
+    # restore_latest gives the same weights.
+    fresh = ScalarTask()
+    fresh.build()
+    assert training.restore_latest(model_dir, model=fresh.model) == latest
+    assert float(fresh.model.trainable_variables[0].numpy()[0, 0]) == pytest.approx(w4)
+
+
+def test_nan_at_first_step_reports_no_checkpoint_step_zero(tmp_path):
+    model_dir = str(tmp_path / "ckpt")
+    task = ScalarTask(nan_at_step=1, total_steps=6)
+    x, y = _scalar_data()
+    with pytest.raises(TrainingDivergedError, match=r"at step 1;.*\(step 0\)"):
+        train(task, x, y, _scalar_cfg(), model_dir)
+    assert tf.train.latest_checkpoint(model_dir) is None
+
+
+# ---------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _tiny_space():
+    return CellSearchSpace(num_cells=1, num_stages=1, filters=4, num_blocks=1)
+
+
+class InterruptingProxy(OneShotProxy):
+    """A one-shot proxy whose run dies right after step ``die_after`` (before
+    that step would be checkpointed): ``summaries`` runs on the host after
+    every logged step."""
+
+    die_after = None
+    total = None
+
+    def summaries(self, progress):
+        if self.die_after is not None and round(progress * self.total) >= self.die_after:
+            raise Interrupted(f"killed after step {self.die_after}")
+        return super().summaries(progress)
+
+
+def _make_proxy(cls=OneShotProxy):
+    keras.utils.set_random_seed(0)
+    # A high drop rate so path dropout really differs between steps/ghost batches.
+    return cls(_tiny_space(), input_shape=(8, 8, 1), num_classes=10, ghost_batch_size=16,
+               drop_rate=0.5, weight_decay=1e-4)
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    ds = data_lib.load_dataset("digits", image_size=8, validation_size=64)
+    return ds.x_train[:200], ds.y_train[:200]
+
+
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory, digits_small):
+    """Run A: 6 uninterrupted steps.  Run B: killed after step 5 (last
+    checkpoint: step 4), then resumed by fresh objects with other initial
+    weights, the global seeds set as a new pipeline process sets them."""
+    x, y = digits_small
+    tmp = tmp_path_factory.mktemp("resume")
+    cfg = TrainConfig(steps=6, batch_size=32, learning_rate=0.1, augment=True, seed=3,
+                      checkpoint_every=2, log_every=1, verbose=False)
+    dir_a, dir_b = str(tmp / "a"), str(tmp / "b")
+
+    a = _make_proxy()
+    out_a = train(a, x, y, cfg, dir_a)
+
+    b = _make_proxy(InterruptingProxy)
+    b.die_after, b.total = 5, cfg.steps
+    with pytest.raises(Interrupted):
+        train(b, x, y, cfg, dir_b, summary_dir=str(tmp / "b_events"))
+    latest_after_kill = tf.train.latest_checkpoint(dir_b)
+    # The step-4 state, loaded the way train() loads it (train returns at once).
+    at4 = _make_proxy()
+    assert train(at4, x, y, dataclasses.replace(cfg, steps=4), dir_b) == {}
+
+    keras.utils.set_random_seed(123)  # other initial weights ...
+    b2 = OneShotProxy(_tiny_space(), input_shape=(8, 8, 1), num_classes=10, ghost_batch_size=16,
+                      drop_rate=0.5, weight_decay=1e-4)
+    b2.build()
+    init_b2 = [w.numpy().copy() for w in b2.model.weights]
+    keras.utils.set_random_seed(0)  # ... and the global seeds a new process would set
+    out_b = train(b2, x, y, cfg, dir_b)
+    return types.SimpleNamespace(cfg=cfg, dir_a=dir_a, dir_b=dir_b, a=a, out_a=out_a, b=b,
+                                 latest_after_kill=latest_after_kill, at4=at4, b2=b2,
+                                 init_b2=init_b2, out_b=out_b)
+
+
+def _weights(proxy):
+    return [w.numpy() for w in proxy.model.weights]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(resume_runs):
+    r = resume_runs
+    assert r.latest_after_kill is not None and r.latest_after_kill.endswith("ckpt-4")
+    # Step 5 really ran in the killed process: its weights moved past step 4.
+    assert any(not np.array_equal(u, v) for u, v in zip(_weights(r.b), _weights(r.at4)))
+    # The resumed objects started elsewhere: equality below comes from the checkpoint.
+    assert any(not np.allclose(u, v) for u, v in zip(r.init_b2, _weights(r.at4)))
+    assert tf.train.latest_checkpoint(r.dir_b).endswith("ckpt-6")
+    assert int(tf.train.load_checkpoint(r.dir_b).get_tensor(
+        "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == 6
+
+    for k in ("loss", "cross_entropy", "l2", "accuracy", "paths_kept"):
+        assert r.out_b[k] == pytest.approx(r.out_a[k], rel=1e-5, abs=1e-6), k
+    wa, wb = _weights(r.a), _weights(r.b2)
+    assert len(wa) == len(wb)
+    for u, v, var in zip(wa, wb, r.a.model.weights):
+        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6, err_msg=var.path)
+    # Steps 5 and 6 changed the weights (the comparison is not of step-4 states).
+    assert any(not np.allclose(u, v) for u, v in zip(wa, _weights(r.at4)))
+
+
+def test_restore_latest_loads_trained_oneshot_weights(resume_runs):
+    """restore_latest(model_dir, model=...) is how a trained proxy is loaded for
+    inference; it must give the weights that train() left in the checkpoint."""
+    r = resume_runs
+    keras.utils.set_random_seed(77)
+    fresh = OneShotProxy(_tiny_space(), input_shape=(8, 8, 1), num_classes=10, ghost_batch_size=16,
+                         drop_rate=0.5, weight_decay=1e-4)
+    fresh.build()
+    path = training.restore_latest(r.dir_a, model=fresh.model)
+    assert path is not None and path.endswith("ckpt-6")
+    for u, v, var in zip(_weights(r.a), _weights(fresh), r.a.model.weights):
+        np.testing.assert_allclose(v, u, rtol=1e-6, atol=1e-7, err_msg=var.path)
+
+
+class LabelTask(ScalarTask):
+    """loss = w * mean(labels): the trajectory depends on which examples each
+    step sees (and on nothing else), so it tracks the data order.  Dies after
+    step ``die_after`` when set."""
+
+    die_after = None
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+        w = self.model.trainable_variables[0][0, 0]
+        mean_label = tf.reduce_sum(tf.cast(labels, tf.float32)) / global_batch_size
+        mean_label += 0.0 * tf.reduce_sum(tf.cast(images, tf.float32))
+        return w * mean_label, {"mean_label": mean_label}
+
+    def summaries(self, progress):
+        if self.die_after is not None and round(progress * 6) >= self.die_after:
+            raise Interrupted()
+        return {}
+
+
+def test_resume_data_order_depends_only_on_config_seed(tmp_path):
+    """Resuming continues the data order of the interrupted run whatever the
+    process-wide TF seed (TrainConfig.seed is the seed of the data order)."""
+    x = np.zeros((24, 2, 2, 1), np.uint8)
+    y = np.arange(24, dtype=np.int64)
+    cfg = _scalar_cfg(steps=6, batch_size=4, seed=5, checkpoint_every=2, log_every=1)
+
+    tf.random.set_seed(0)
+    a = LabelTask()
+    out_a = train(a, x, y, cfg, str(tmp_path / "a"))
+
+    b = LabelTask()
+    b.die_after = 5
+    with pytest.raises(Interrupted):
+        train(b, x, y, cfg, str(tmp_path / "b"), summary_dir=str(tmp_path / "events"))
+    tf.random.set_seed(1)  # a new process with another global seed resumes
+    b2 = LabelTask()
+    out_b = train(b2, x, y, cfg, str(tmp_path / "b"))
+    keras.utils.set_random_seed(0)
+    assert out_b["mean_label"] == pytest.approx(out_a["mean_label"])
+    assert float(b2.model.trainable_variables[0].numpy()[0, 0]) == pytest.approx(
+        float(a.model.trainable_variables[0].numpy()[0, 0]), rel=1e-6)
