@@ -93,7 +93,9 @@ def run_step(step):
     from oneshot_tf.pipeline import ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
     from oneshot_tf.training import TrainingDivergedError
+    import tensorflow as tf
     logging.set_verbosity(logging.INFO)
+    tf.get_logger().setLevel("ERROR")
     try:
         step(make_run())
     except (DataError, ArchitectureError, ProxyNotTrainedError, TrainingDivergedError, ValueError) as e:

@@ -35,9 +35,10 @@ def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rat
     """
     p_in, p_op = path_drop_probabilities(space, progress, drop_rate)
     nb, mi, no = space.num_blocks, space.max_inputs, len(space.ops)
-    seed = tf.convert_to_tensor(seed, tf.int32)
-    u_in = tf.random.stateless_uniform([num_ghost, nb, mi], seed=seed)
-    u_op = tf.random.stateless_uniform([num_ghost, nb, no], seed=tf.stack([seed[0], seed[1] + 7919]))
+    seed_in, seed_op = tf.unstack(tf.random.experimental.stateless_split(
+        tf.convert_to_tensor(seed, tf.int32), 2))
+    u_in = tf.random.stateless_uniform([num_ghost, nb, mi], seed=seed_in)
+    u_op = tf.random.stateless_uniform([num_ghost, nb, no], seed=seed_op)
     input_mask = tf.cast(u_in >= p_in[None, :, None], tf.float32) * tf.constant(space.valid_input_mask())
     op_mask = tf.cast(u_op >= p_op, tf.float32)
     return input_mask, op_mask

@@ -142,10 +142,13 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         optimizer.apply_gradients(zip(grads, variables))
         return {"loss": loss, **metrics}
 
-    @tf.function(jit_compile=cfg.jit_compile)
+    # XLA compiles the replica step; the input pipeline stays outside it.
+    compiled_step = tf.function(replica_step, jit_compile=True) if cfg.jit_compile else replica_step
+
+    @tf.function
     def train_step(it):
         images, labels = next(it)
-        per_replica = strategy.run(replica_step, args=(images, labels))
+        per_replica = strategy.run(compiled_step, args=(images, labels))
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None

@@ -316,7 +316,9 @@ def test_score_without_trained_proxy_says_to_train_first(tmp_path, e2e):
     (partial / "proxy").mkdir(parents=True)
     for f in glob.glob(str(e2e / "proxy" / "ckpt-3.*")):
         shutil.copy(f, partial / "proxy")
-    tf.train.update_checkpoint_state(str(partial / "proxy"), str(partial / "proxy" / "ckpt-3"))
+    (partial / "proxy" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
+    assert tf.train.latest_checkpoint(str(partial / "proxy")).endswith("ckpt-3")
     with pytest.raises(ProxyNotTrainedError, match=r"trained 3 of 6 steps"):
         SearchRun(cfg, str(partial), verbose=False).score()
 
