@@ -23,15 +23,19 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write to a temporary sibling, then rename over ``path``."""
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -6,7 +6,8 @@ Layout of a model directory::
     config.json          resolved flags, search-space and proxy definitions, data summary
     proxy/               proxy checkpoints (+ TensorBoard events in proxy/train)
     candidates.jsonl     one JSON object per scored candidate
-    score/               TensorBoard: histograms of candidate scores
+    score/               TensorBoard: histograms of candidate scores, the plot below
+    candidates.png       score histogram, score vs parameters, KL vs score
     winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
     results.json         the winners' ranks, ids, scores and test accuracies
 """
@@ -24,6 +25,7 @@ from absl import logging
 from oneshot_tf import config as config_lib
 from oneshot_tf import data as data_lib
 from oneshot_tf import io_utils
+from oneshot_tf import plots
 from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.oneshot import OneShotProxy
 from oneshot_tf.proxy import Proxy
@@ -171,7 +173,10 @@ class SearchRun:
             tf.summary.histogram("candidates/params", np.array([r["params"] for r in records], np.float32))
             tf.summary.scalar("candidates/best_score", float(scores.max()))
             tf.summary.scalar("candidates/count", len(records))
+            png = plots.candidates_png(records, title=f"{self.cfg.method} on {self.cfg.dataset}")
+            tf.summary.image("candidates/plot", tf.image.decode_png(png)[None])
         writer.close()
+        io_utils.atomic_write_bytes(io_utils.join(self.model_dir, "candidates.png"), png)
 
     # -- step 3 ------------------------------------------------------------
     def winners(self) -> List[Dict[str, Any]]:
