@@ -11,6 +11,7 @@ IDENTITY_FIELDS = (
     "method", "dataset", "image_size", "validation_size", "max_train_examples", "seed",
     "num_cells", "num_stages", "filters", "num_blocks",
     "ghost_batch_size", "drop_rate", "weight_decay", "train_steps", "batch_size", "learning_rate",
+    "augment", "score_examples", "kl_examples",
 )
 
 

@@ -613,11 +613,11 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
                     repeat: bool = False, name: Optional[str] = None):
     """Batched ``tf.data.Dataset`` of (uint8 NHWC images, int32 labels).
 
-    * ``training``: indices are shuffled with a full-size buffer, seeded by
-      ``seed`` and reshuffled on each iteration (deterministic sequence).
+    * ``training``: epoch ``e`` visits the examples in the order
+      ``stateless_shuffle(range(n), seed=(seed, e))``.
     * ``augment``: :func:`augment_batch` (pad + random crop, + flip if ``flip``)
-      per batch, seeded from ``seed`` and a seeded ``tf.data.Dataset.random``
-      stream that is re-randomized on each iteration, so runs are reproducible.
+      per batch ``b`` with the stateless seed ``(seed, b)``.
+    Both depend on ``seed`` only (not on TensorFlow's global seed).
     * ``repeat``: repeat indefinitely (batches then span epoch boundaries).
     * ``name`` only labels error messages (default "train"/"evaluation").
 
@@ -651,22 +651,28 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
     y_t = tf.constant(y.astype(np.int32))
     seed = int(seed)
 
-    ds = tf.data.Dataset.range(n)
+    # Epoch e visits the examples in the order stateless_shuffle(seed, e), and
+    # batch b is augmented with the stateless seed (seed, b): the stream depends
+    # on ``seed`` alone (not on TensorFlow's global seed), so a resumed run that
+    # skips the batches it already trained on sees exactly the same data.
+    base = tf.constant(seed, tf.int64)
     if training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+        epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+        ds = epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([base, e]))))
+    else:
+        ds = tf.data.Dataset.range(n)
+        if repeat:
+            ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     image_shape = tuple(x.shape[1:])
 
     if augment:
-        rand = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, rand))
-        base = tf.constant(seed, tf.int64)
+        ds = ds.enumerate()
 
-        def _fn(idx, r):
+        def _fn(b, idx):
             imgs = tf.gather(x_t, idx)
-            imgs = augment_batch(imgs, tf.stack([base, r]), pad=pad, flip=flip)
+            imgs = augment_batch(imgs, tf.stack([base, b]), pad=pad, flip=flip)
             return imgs, tf.gather(y_t, idx)
     else:
         def _fn(idx):

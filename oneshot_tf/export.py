@@ -33,5 +33,12 @@ def export_saved_model(model: keras.Model, path: str) -> str:
 
 
 def load_serving(path: str):
-    """The exported ``serve`` function of a SavedModel."""
-    return tf.saved_model.load(path).serve
+    """The exported ``serve`` function of a SavedModel (the loaded object is
+    kept alive with it: its variables would be freed otherwise)."""
+    loaded = tf.saved_model.load(path)
+
+    def serve(images):
+        return loaded.serve(images)
+
+    serve.loaded = loaded
+    return serve

@@ -56,29 +56,35 @@ class GhostBatchNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
 
     def call(self, x, num_ghost=1):
-        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
-        if isinstance(num_ghost, int) and len(x.shape) == 4:
-            # A static number of ghost batches: fused kernels, one per ghost batch.
-            parts = tf.split(x, num_ghost) if num_ghost > 1 else [x]
-            outs = [tf.compat.v1.nn.fused_batch_norm(p, gamma, beta, epsilon=self.epsilon,
-                                                     is_training=True)[0] for p in parts]
-            return outs[0] if num_ghost == 1 else tf.concat(outs, 0)
-        # A dynamic number (a gathered subset of ghost batches): moments.
-        shape = tf.shape(x)
-        xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
-        axes = list(range(1, len(x.shape)))
-        mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
-        scale = tf.math.rsqrt(var + self.epsilon) * tf.cast(gamma, x.dtype)
-        offset = tf.cast(beta, x.dtype) - mean * scale
-        y = tf.reshape(xg * scale + offset, shape)
-        y.set_shape(x.shape)
-        return y
+        return ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float):
+    """The computation of ``GhostBatchNorm`` with explicit ``gamma``/``beta``
+    (which may be a gathered subset of a layer's channels)."""
+    gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
+    if isinstance(num_ghost, int) and len(x.shape) == 4:
+        # A static number of ghost batches: fused kernels, one per ghost batch.
+        parts = tf.split(x, num_ghost) if num_ghost > 1 else [x]
+        outs = [tf.compat.v1.nn.fused_batch_norm(p, gamma, beta, epsilon=epsilon, is_training=True)[0]
+                for p in parts]
+        return outs[0] if num_ghost == 1 else tf.concat(outs, 0)
+    # A dynamic number (a gathered subset of ghost batches): moments.
+    shape = tf.shape(x)
+    xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
+    axes = list(range(1, len(x.shape)))
+    mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
+    scale = tf.math.rsqrt(var + epsilon) * tf.cast(gamma, x.dtype)
+    offset = tf.cast(beta, x.dtype) - mean * scale
+    y = tf.reshape(xg * scale + offset, shape)
+    y.set_shape(x.shape)
+    return y
 
 
 def conv_init():

@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.layers import GhostBatchNorm, Standardize, conv_init, layer_prefix, op_layers
+from oneshot_tf.layers import (GhostBatchNorm, Standardize, conv_init, ghost_batch_norm, layer_prefix,
+                               op_layers)
 from oneshot_tf.models import block_input_layers, head_layers, reduction_layers
 
 
@@ -44,7 +45,7 @@ def mask_ghost(x, mask, num_ghost: int):
     m = tf.cast(mask, x.dtype)
     rank = len(x.shape)
     if len(mask.shape) == 2:
-        m = tf.reshape(m, [num_ghost] + [1] * (rank - 1) + [mask.shape[-1]])
+        m = tf.reshape(m, tf.concat([[num_ghost] + [1] * (rank - 1), tf.shape(m)[-1:]], 0))
     else:
         m = tf.reshape(m, [num_ghost] + [1] * rank)
     y = tf.reshape(xg * m, shape)
@@ -107,7 +108,11 @@ class OneShotModel(keras.Model):
                 layers = head_layers(self.num_classes, make_bn)
                 structure.append([l.name for l in layers])
                 named.update({l.name: l for l in layers})
-        self.layers_by_name = named
+        # Layers are attributes (so TensorFlow checkpoints see them); the
+        # name -> layer map is a plain dict that Keras does not track again.
+        for n, layer in named.items():
+            setattr(self, n, layer)
+        object.__setattr__(self, "layers_by_name", named)
         self._structure = structure
 
     # -- helpers -----------------------------------------------------------
@@ -153,11 +158,8 @@ class OneShotModel(keras.Model):
                 cands = [values[d] for d in node.deps]
                 for i, (inp_names, op_names) in enumerate(names):
                     k = self.space.num_candidate_inputs(i)
-                    h = tf.concat(cands[:k], axis=-1)
-                    bn, relu, conv = (self.layers_by_name[n] for n in inp_names)
-                    h = relu(bn(h, num_ghost=num_ghost))
-                    ch_mask = tf.repeat(input_mask[:, i, :k], self._cand_channels[(cell, i)], axis=1)
-                    h = conv(mask_ghost(h, ch_mask, num_ghost))
+                    h = self._block_input(cands[:k], inp_names, input_mask[:, i, :k],
+                                          self._cand_channels[(cell, i)], num_ghost)
                     out = None
                     for o, layer_names in enumerate(op_names):
                         y = self._masked_op(layer_names, h, op_mask[:, i, o], num_ghost)
@@ -167,6 +169,38 @@ class OneShotModel(keras.Model):
                 cell += 1
             else:
                 return self._run(names, values[node.deps[0]], num_ghost)
+
+    def _block_input(self, cands, names, mask, sizes, num_ghost):
+        """BN-ReLU-1x1 conv over the concatenated candidate inputs, input ``j``
+        of ghost batch ``g`` zeroed where ``mask[g, j] == 0``.
+
+        With ``skip_inactive`` and dynamic shapes, the channels of inputs no
+        ghost batch keeps are dropped before BN and the convolution (the
+        kernel rows are gathered to match), so their cost is not paid.
+        """
+        bn, relu, conv = (self.layers_by_name[n] for n in names)
+        x = tf.concat(cands, axis=-1)
+        if not bn.built:
+            bn.build(x.shape)
+            conv.build(x.shape)
+        ch_mask = tf.repeat(mask, sizes, axis=1)
+        if not self.skip_inactive or self.static_shapes:
+            return conv(mask_ghost(relu(bn(x, num_ghost=num_ghost)), ch_mask, num_ghost))
+        idx = tf.where(tf.reduce_any(ch_mask > 0, axis=0))[:, 0]
+
+        def run():
+            y = ghost_batch_norm(tf.gather(x, idx, axis=-1), tf.gather(bn.gamma, idx),
+                                 tf.gather(bn.beta, idx), num_ghost, bn.epsilon)
+            y = mask_ghost(tf.nn.relu(y), tf.gather(ch_mask, idx, axis=1), num_ghost)
+            kernel = tf.gather(tf.convert_to_tensor(conv.kernel), idx, axis=2)
+            return tf.nn.conv2d(y, kernel, strides=1, padding="VALID")
+
+        def nothing():  # every input dropped in every ghost batch (path dropout)
+            return tf.zeros(tf.concat([tf.shape(x)[:-1], [conv.filters]], 0), x.dtype)
+
+        h = tf.cond(tf.size(idx) > 0, run, nothing)
+        h.set_shape(x.shape[:-1].concatenate([conv.filters]))
+        return h
 
     def _masked_op(self, names, h, mask, num_ghost):
         """``mask[g] * op(h)`` per ghost batch ``g`` (masks are 0/1).

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from oneshot_tf import io_utils
 from oneshot_tf.proxy import Proxy
@@ -107,7 +108,8 @@ class CandidateStore:
     """candidates.jsonl: one JSON object per scored candidate, appended.
 
     A scoring run killed mid-way resumes: ids already in the file are
-    skipped, and a torn last line (a kill during a write) is dropped.
+    skipped, and unreadable lines (a torn last line from a kill during a
+    write) are dropped, so those candidates are scored again.
     Local files are appended and fsynced per group; other file systems
     (gs://) are rewritten atomically.
     """
@@ -118,19 +120,23 @@ class CandidateStore:
         self.ids = set()
         if tf.io.gfile.exists(path):
             text = io_utils.read_text(path)
-            good = []
+            good, dropped = [], 0
             for line in text.splitlines(keepends=True):
-                if not line.endswith("\n"):
-                    break
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break
+                    rec["id"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    dropped += 1  # a torn last line (killed mid-write) or a damaged one
+                    continue
+                if not line.endswith("\n"):
+                    line += "\n"
                 good.append(line)
                 if rec["id"] not in self.ids:
                     self.ids.add(rec["id"])
                     self.records.append(rec)
-            if sum(map(len, good)) != len(text):
+            if "".join(good) != text:
+                logging.warning("%s: dropped %d unreadable line(s); those candidates are scored again",
+                                path, dropped)
                 io_utils.atomic_write_text(path, "".join(good))
 
     def append(self, records: Iterable[Dict[str, Any]]):

@@ -138,7 +138,8 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         with tf.GradientTape() as tape:
             loss, metrics = task.loss(images, labels, progress=progress, seed=seed,
                                       global_batch_size=cfg.batch_size, num_replicas=replicas)
-        grads = tape.gradient(loss, variables)
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in tape.gradient(loss, variables)]
         optimizer.apply_gradients(zip(grads, variables))
         return {"loss": loss, **metrics}
 
@@ -162,10 +163,7 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         out = train_step(iterator)
         metrics = {k: float(v) for k, v in out.items()}
         if not math.isfinite(metrics["loss"]):
-            raise TrainingDivergedError(
-                f"{description}: loss became {metrics['loss']} at step {step}; stopped. The last good "
-                f"checkpoint (step {last_saved}) in {model_dir} is kept; lower --learning_rate or "
-                f"check the data, then run again to resume from it.")
+            raise _diverged(description, f"loss became {metrics['loss']}", step, last_saved, model_dir)
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.time() - t0
             metrics["examples_per_second"] = (step - n0) * cfg.batch_size / max(elapsed, 1e-9)
@@ -180,11 +178,26 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
                 writer.flush()
             progbar.update(step, [(k, metrics[k]) for k in ("loss", "accuracy") if k in metrics])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if not bool(all_finite(variables)):
+                raise _diverged(description, "weights became NaN or infinite", step, last_saved, model_dir)
             manager.save(checkpoint_number=step)
             last_saved = step
     if writer:
         writer.close()
     return metrics
+
+
+@tf.function
+def all_finite(variables) -> tf.Tensor:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+
+def _diverged(description, what, step, last_saved, model_dir) -> TrainingDivergedError:
+    kept = (f"the last good checkpoint (step {last_saved}) in {model_dir} is kept"
+            if last_saved else f"no checkpoint had been written to {model_dir} yet")
+    return TrainingDivergedError(
+        f"{description}: {what} at step {step}; stopped. {kept[0].upper() + kept[1:]}; lower "
+        f"--learning_rate or check the data, then run again (training resumes from the last checkpoint).")
 
 
 def restore_latest(model_dir: str, **objects) -> Optional[str]:
