@@ -26,14 +26,15 @@ import numpy as np
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
+    # Defaults: the network of the quick preset (digits at 16x16, 3 cells, 2 stages, F=8).
+    p.add_argument("--image_size", type=int, default=16)
+    p.add_argument("--channels", type=int, default=1)
     p.add_argument("--num_cells", type=int, default=3)
-    p.add_argument("--num_stages", type=int, default=3)
+    p.add_argument("--num_stages", type=int, default=2)
     p.add_argument("--filters", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--ghost_batch_size", type=int, default=32)
-    p.add_argument("--train_steps", type=int, default=20, help="timed steps per repeat")
+    p.add_argument("--train_steps", type=int, default=15, help="timed steps per repeat")
     p.add_argument("--candidates", type=int, default=16, help="candidates per scoring measurement")
     p.add_argument("--candidates_per_pass", type=int, default=8)
     p.add_argument("--eval_examples", type=int, default=256)
