@@ -96,6 +96,10 @@ def run_step(step):
     import tensorflow as tf
     logging.set_verbosity(logging.INFO)
     tf.get_logger().setLevel("ERROR")
+    # INFO lines from this package only; TensorFlow's own INFO chatter is dropped.
+    logging.get_absl_handler().addFilter(
+        lambda r: r.levelno >= logging.converter.STANDARD_WARNING
+        or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
     try:
         step(make_run())
     except (DataError, ArchitectureError, ProxyNotTrainedError, TrainingDivergedError, ValueError) as e:

@@ -55,8 +55,8 @@ class GhostBatchNorm(keras.layers.Layer):
         self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
 
-    def call(self, x, num_ghost=1):
-        return ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon)
+    def call(self, x, num_ghost=1, ghost_size=None):
+        return ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon, ghost_size=ghost_size)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -65,11 +65,14 @@ class GhostBatchNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float):
-    """The computation of ``GhostBatchNorm`` with explicit ``gamma``/``beta``
-    (which may be a gathered subset of a layer's channels)."""
+def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float, ghost_size=None):
+    """The computation of ``GhostBatchNorm`` with explicit ``gamma``/``beta``.
+
+    ``num_ghost`` is a Python int (fused kernels) or a tensor; a tensor count
+    may be 0 (an empty batch) when ``ghost_size`` (a Python int) is given.
+    """
     gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
-    if isinstance(num_ghost, int) and len(x.shape) == 4:
+    if isinstance(num_ghost, int) and ghost_size is None and len(x.shape) == 4:
         # A static number of ghost batches: fused kernels, one per ghost batch.
         parts = tf.split(x, num_ghost) if num_ghost > 1 else [x]
         outs = [tf.compat.v1.nn.fused_batch_norm(p, gamma, beta, epsilon=epsilon, is_training=True)[0]
@@ -77,7 +80,8 @@ def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float):
         return outs[0] if num_ghost == 1 else tf.concat(outs, 0)
     # A dynamic number (a gathered subset of ghost batches): moments.
     shape = tf.shape(x)
-    xg = tf.reshape(x, tf.concat([[num_ghost, -1], shape[1:]], 0))
+    lead = [-1, ghost_size] if ghost_size is not None else [num_ghost, -1]
+    xg = tf.reshape(x, tf.concat([lead, shape[1:]], 0))
     axes = list(range(1, len(x.shape)))
     mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
     scale = tf.math.rsqrt(var + epsilon) * tf.cast(gamma, x.dtype)

@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.layers import GhostBatchNorm, Standardize, conv_init, layer_prefix, op_layers
+from oneshot_tf.layers import (GhostBatchNorm, Standardize, conv_init, ghost_batch_norm, layer_prefix,
+                               op_layers)
 from oneshot_tf.models import block_input_layers, head_layers, reduction_layers
 
 
@@ -122,10 +123,13 @@ class OneShotModel(keras.Model):
         starts = np.cumsum([0] + list(sizes))
         return np.concatenate([np.arange(starts[j], starts[j] + sizes[j]) for j in inputs])
 
-    def _run(self, names, x, num_ghost):
+    def _run(self, names, x, num_ghost, ghost_size=None):
         for n in names:
             layer = self.layers_by_name[n]
-            x = layer(x, num_ghost=num_ghost) if isinstance(layer, GhostBatchNorm) else layer(x)
+            if isinstance(layer, GhostBatchNorm):
+                x = layer(x, num_ghost=num_ghost, ghost_size=ghost_size)
+            else:
+                x = layer(x)
         return x
 
     def build_weights(self, batch_size: int = 2):
@@ -169,51 +173,91 @@ class OneShotModel(keras.Model):
             else:
                 return self._run(names, values[node.deps[0]], num_ghost)
 
-    def _block_input(self, cands, names, mask, sizes, num_ghost):
+    def _block_input_parts(self, cands, names, mask, sizes, num_ghost, concat=False):
         """BN-ReLU-1x1 conv over the concatenated candidate inputs, input ``j``
         of ghost batch ``g`` zeroed where ``mask[g, j] == 0``.
 
-        (Gathering only the kept channels was measured slower on CPU than
-        masking them: gathers along the channel axis are strided copies and
-        dynamic channel counts defeat the convolution's fused kernels.)
+        BN is per channel and a 1x1 convolution of a concatenation is the sum
+        of convolutions of its parts, so with ``skip_inactive`` each input
+        goes through its own slice of gamma, beta and the kernel, and an input
+        that no ghost batch keeps costs nothing (static shapes throughout).
         """
         bn, relu, conv = (self.layers_by_name[n] for n in names)
-        x = tf.concat(cands, axis=-1)
-        ch_mask = tf.repeat(mask, sizes, axis=1)
-        return conv(mask_ghost(relu(bn(x, num_ghost=num_ghost)), ch_mask, num_ghost))
+
+        def concatenated():
+            x = tf.concat(cands, axis=-1)
+            ch_mask = tf.repeat(mask, sizes, axis=1)
+            return conv(mask_ghost(relu(bn(x, num_ghost=num_ghost)), ch_mask, num_ghost))
+
+        if not self.skip_inactive or concat:
+            return concatenated()
+        if not bn.built:
+            shape = cands[0].shape[:-1].concatenate([sum(sizes)])
+            bn.build(shape)
+            conv.build(shape)
+        kernel = tf.convert_to_tensor(conv.kernel)
+        out_shape = cands[0].shape[:-1].concatenate([conv.filters])
+        total = None
+        start = 0
+        for j, (x, c) in enumerate(zip(cands, sizes)):
+            lo, hi = start, start + c
+            start = hi
+            m = mask[:, j]
+
+            def run(x=x, lo=lo, hi=hi, m=m):
+                y = ghost_batch_norm(x, bn.gamma[lo:hi], bn.beta[lo:hi], num_ghost, bn.epsilon)
+                y = mask_ghost(tf.nn.relu(y), m, num_ghost)
+                return tf.nn.conv2d(y, kernel[:, :, lo:hi, :], strides=1, padding="VALID")
+
+            y = tf.cond(tf.reduce_any(m > 0), run,
+                        lambda x=x: tf.zeros(tf.concat([tf.shape(x)[:-1], [conv.filters]], 0), x.dtype))
+            y.set_shape(out_shape)
+            total = y if total is None else total + y
+        return total
+
+    def _block_input(self, cands, names, mask, sizes, num_ghost):
+        """Inputs kept by some ghost batch each: one concatenated convolution
+        (faster when every input is in use, as early in training); otherwise
+        input by input, skipping the unused ones."""
+        if not self.skip_inactive or not self.static_shapes:
+            return self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True)
+        every = tf.reduce_all(tf.reduce_any(mask > 0, axis=0))
+        out = tf.cond(every,
+                      lambda: self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True),
+                      lambda: self._block_input_parts(cands, names, mask, sizes, num_ghost))
+        out.set_shape(cands[0].shape[:-1].concatenate([self.layers_by_name[names[2]].filters]))
+        return out
 
     def _masked_op(self, names, h, mask, num_ghost):
         """``mask[g] * op(h)`` per ghost batch ``g`` (masks are 0/1).
 
-        ``skip_inactive`` with ``static_shapes=False`` (CPU/GPU): an op runs
-        only on the ghost batches that keep it (gathered, then scattered
-        back), so its cost follows the number of candidates using it.
-        ``static_shapes=True`` (XLA/TPU): the op runs on the whole batch and
-        is skipped only when no ghost batch keeps it.
+        ``skip_inactive`` with ``static_shapes=False`` (CPU/GPU): an op with
+        weights runs only on the ghost batches that keep it (gathered, run,
+        scattered back; an op nobody keeps runs on an empty batch), so its
+        cost follows the number of candidates using it, with no control flow
+        in the graph (which keeps compilation fast).  ``static_shapes=True``
+        (XLA/TPU): the op runs on the whole batch and is skipped with a
+        ``tf.cond`` only when no ghost batch keeps it.
         """
         def run_all():
             return mask_ghost(self._run(names, h, num_ghost), mask, num_ghost)
 
-        if not self.skip_inactive:
+        weightless = not names or names[0].endswith("_pool")
+        if not self.skip_inactive or (weightless and not self.static_shapes):
             return run_all()
-        active = mask > 0
-        if self.static_shapes or num_ghost == 1 or not names or names[0].endswith("_pool"):
-            return tf.cond(tf.reduce_any(active), run_all, lambda: tf.zeros_like(h))
-        idx = tf.where(active)[:, 0]
-        n = tf.shape(idx, out_type=tf.int32)[0]
-
-        def run_some():
-            shape = tf.shape(h)
-            hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
-            sel = tf.gather(hg, idx)
-            y = self._run(names, tf.reshape(sel, tf.concat([[-1], shape[1:]], 0)), n)
-            out = tf.scatter_nd(idx[:, None], tf.reshape(y, tf.shape(sel)), tf.shape(hg, out_type=tf.int64))
-            out = tf.reshape(out, shape)
-            out.set_shape(h.shape)
-            return out
-
-        return tf.case([(tf.equal(n, num_ghost), lambda: self._run(names, h, num_ghost)),
-                        (tf.greater(n, 0), run_some)], default=lambda: tf.zeros_like(h))
+        if self.static_shapes:
+            return tf.cond(tf.reduce_any(mask > 0), run_all, lambda: tf.zeros_like(h))
+        idx = tf.where(mask > 0)[:, 0]
+        ghost = int(h.shape[0]) // num_ghost if h.shape[0] is not None else None
+        shape = tf.shape(h)
+        hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
+        sel = tf.gather(hg, idx)
+        y = self._run(names, tf.reshape(sel, tf.concat([[-1], shape[1:]], 0)), tf.size(idx, tf.int32),
+                      ghost_size=ghost)
+        out = tf.scatter_nd(idx[:, None], tf.reshape(y, tf.shape(sel)), tf.shape(hg, out_type=tf.int64))
+        out = tf.reshape(out, shape)
+        out.set_shape(h.shape)
+        return out
 
     # -- masked L2 ---------------------------------------------------------
     def path_squared_norms(self):
