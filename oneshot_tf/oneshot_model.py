@@ -16,12 +16,12 @@ are not rescaled, so the masked model computes exactly what the stand-alone
 model of the same architecture computes with the same weights (see
 ``models.transfer_oneshot_weights`` and the tests).
 
-With ``skip_inactive=True`` an op is computed only where some ghost batch
-keeps it (``tf.cond`` inside the one compiled step; without
-``static_shapes`` only on the ghost batches that keep it), so scoring one
-candidate per pass costs about as much as its own network, and several
-candidates per pass cost about as much as their networks together.  Masks
-are 0/1.
+With ``skip_inactive=True`` an op with weights is computed only on the ghost
+batches that keep it (gathered and scattered back inside the one compiled
+step, no control flow), so scoring a candidate costs about as much as its
+own network and a training step gets cheaper as path dropout grows.  With
+``static_shapes=True`` (for XLA/TPU) shapes stay static and ``tf.cond`` skips
+an op or input only when no ghost batch keeps it.  Masks are 0/1.
 """
 
 from __future__ import annotations
@@ -216,9 +216,12 @@ class OneShotModel(keras.Model):
         return total
 
     def _block_input(self, cands, names, mask, sizes, num_ghost):
-        """Inputs kept by some ghost batch each: one concatenated convolution
-        (faster when every input is in use, as early in training); otherwise
-        input by input, skipping the unused ones."""
+        """The block's input node.
+
+        Dynamic shapes (CPU/GPU): one concatenated BN-ReLU-1x1 convolution with
+        the dropped inputs' channels zeroed, no control flow.  Static shapes
+        (XLA/TPU) with ``skip_inactive``: when some input is unused by every
+        ghost batch, input by input (``_block_input_parts``), skipping it."""
         if not self.skip_inactive or not self.static_shapes:
             return self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True)
         every = tf.reduce_all(tf.reduce_any(mask > 0, axis=0))
