@@ -105,3 +105,19 @@ def run_step(step):
     except (DataError, ArchitectureError, ProxyNotTrainedError, TrainingDivergedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def make_main(step):
+    """The ``main`` of a binary that runs ``step(search_run)``."""
+    from absl import app
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        run_step(step)
+
+    def main():
+        define_flags()
+        app.run(_main)
+
+    return main
