@@ -466,3 +466,46 @@ def test_scores_do_not_depend_on_pass_mates(scorer):
         kl += float(((np.exp(lp) - np.exp(lq)) * (lp - lq)).sum())
     assert alone["kl"] == pytest.approx(kl / 16, rel=1e-4, abs=1e-7)
     assert kl > 0
+
+
+# ---------------------------------------------------------------------------
+# one set of path decisions for every cell
+# ---------------------------------------------------------------------------
+
+
+def _op_kernel_grads(model, input_mask, op_mask, block, op):
+    """Per cell: the gradient norm of ``op``'s kernels in ``block``."""
+    images = tf.constant(_images(2 * input_mask.shape[0], 9))
+    cells = sorted({n.split("b")[0] for n in model.layers_by_name if n.startswith("s") and "b" in n.split("_")[0]})
+    kernels = {c: [w for n, l in model.layers_by_name.items() if n.startswith(f"{c}b{block}_{op}_")
+                   for w in l.trainable_weights if "kernel" in w.path] for c in cells}
+    with tf.GradientTape() as tape:
+        out = model({"images": images, "input_mask": tf.constant(input_mask, tf.float32),
+                     "op_mask": tf.constant(op_mask, tf.float32)}, training=True)
+        loss = tf.reduce_sum(tf.square(out))
+    grads = tape.gradient(loss, [w for c in cells for w in kernels[c]])
+    norms, i = {}, 0
+    for c in cells:
+        norms[c] = sum(float(tf.norm(tf.convert_to_tensor(g))) if g is not None else 0.0
+                       for g in grads[i:i + len(kernels[c])])
+        i += len(kernels[c])
+    return norms
+
+
+def test_one_path_decision_applies_to_every_cell(oneshot):
+    """Dropping an op (one mask entry) removes it from every cell, keeping it
+    keeps it in every cell; and with per-ghost masks, one ghost batch keeping
+    the op is enough for its weights to train in every cell."""
+    nb, mi, no = SPACE.num_blocks, SPACE.max_inputs, len(SPACE.ops)
+    valid = SPACE.valid_input_mask()[None]
+    o = SPACE.ops.index("sep3x3")
+    op_off = np.ones((1, nb, no), np.float32)
+    op_off[0, 1, o] = 0.0
+    off = _op_kernel_grads(oneshot, valid, op_off, 1, "sep3x3")
+    on = _op_kernel_grads(oneshot, valid, np.ones((1, nb, no), np.float32), 1, "sep3x3")
+    assert len(off) == SPACE.num_cells == len(on)
+    assert all(v == 0.0 for v in off.values())
+    assert all(v > 0.0 for v in on.values())
+    mixed = np.concatenate([op_off, np.ones((1, nb, no), np.float32)])
+    both = _op_kernel_grads(oneshot, np.concatenate([valid, valid]), mixed, 1, "sep3x3")
+    assert all(v > 0.0 for v in both.values())
