@@ -70,6 +70,10 @@ class SearchRun:
                  strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
+        if cfg.search != "random":
+            raise ValueError(f"--search={cfg.search!r} is not available yet; use --search=random")
+        if cfg.ranking not in ("top", "small"):
+            raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
         self.cfg = cfg
         self.model_dir = model_dir
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -147,8 +151,6 @@ class SearchRun:
         return io_utils.join(self.model_dir, "candidates.jsonl")
 
     def score(self) -> List[Dict[str, Any]]:
-        if self.cfg.search != "random":
-            raise ValueError(f"--search={self.cfg.search!r} is not available yet; use --search=random")
         self.restore_proxy()
         store = CandidateStore(self.candidates_path)
         scorer = self.make_scorer()

@@ -406,3 +406,15 @@ def test_rank_small_picks_fewest_params_above_percentile():
 def test_rank_unknown_mode_raises():
     with pytest.raises(ValueError, match="unknown ranking 'best'"):
         rank_candidates(_recs(), "best")
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"search": "evolution"}, r"--search='evolution' is not available yet"),
+    ({"ranking": "best"}, r"unknown ranking 'best'"),
+    ({"method": "darts"}, r"unknown method 'darts'"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, override, message):
+    model_dir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        SearchRun(config_lib.resolve("tiny", override), model_dir, verbose=False)
+    assert not os.path.exists(model_dir)
