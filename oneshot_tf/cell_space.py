@@ -260,6 +260,45 @@ class CellSearchSpace(SearchSpace):
         return "; ".join(f"b{i}({'+'.join(names[j] for j in b.inputs)})->{'+'.join(b.ops)}"
                          for i, b in enumerate(arch.blocks))
 
+    # -- keras-tuner ---------------------------------------------------------
+    def _input_choices(self, i: int) -> List[str]:
+        k = self.num_candidate_inputs(i)
+        return ["+".join(str(j) for j in range(k) if bits >> j & 1) for bits in range(1, 2 ** k)]
+
+    def _op_choices(self) -> List[str]:
+        return ["+".join(ops) for ops in self._op_sets]
+
+    def declare_hyperparameters(self, hp) -> None:
+        """Per block ``i``: ``block{i}_inputs`` (a choice among the non-empty
+        input subsets, e.g. ``"0+2"``) and ``block{i}_ops`` (a choice among the
+        sets of one or two ops, e.g. ``"sep3x3+maxpool3x3"``).  Every value
+        combination is a valid architecture."""
+        for i in range(self.num_blocks):
+            hp.Choice(f"block{i}_inputs", self._input_choices(i))
+            hp.Choice(f"block{i}_ops", self._op_choices())
+
+    def to_hyperparameters(self, arch: CellArchitecture) -> Dict[str, Any]:
+        self.validate(arch)
+        out = {}
+        for i, b in enumerate(arch.blocks):
+            out[f"block{i}_inputs"] = "+".join(str(j) for j in b.inputs)
+            out[f"block{i}_ops"] = "+".join(b.ops)
+        return out
+
+    def from_hyperparameters(self, values: Mapping[str, Any]) -> CellArchitecture:
+        blocks = []
+        for i in range(self.num_blocks):
+            try:
+                inputs, ops = values[f"block{i}_inputs"], values[f"block{i}_ops"]
+            except KeyError as e:
+                raise ArchitectureError(f"block {i}: hyperparameter {e.args[0]!r} missing") from None
+            try:
+                parsed = tuple(int(j) for j in str(inputs).split("+"))
+            except ValueError:
+                raise ArchitectureError(f"block {i}: malformed inputs value {inputs!r}") from None
+            blocks.append(Block(parsed, tuple(str(ops).split("+"))))
+        return self.validate(CellArchitecture(tuple(blocks)))
+
     # -- network plan ------------------------------------------------------
     def plan(self, input_shape) -> List[CellNode]:
         """State nodes in order: stem, per stage (reductions), cells, head."""

@@ -103,6 +103,19 @@ class SearchSpace(abc.ABC):
                 out.append(arch)
         return out
 
+    # -- keras-tuner ---------------------------------------------------------
+    @abc.abstractmethod
+    def declare_hyperparameters(self, hp) -> None:
+        """Declare every decision of the space on a ``keras_tuner.HyperParameters``."""
+
+    @abc.abstractmethod
+    def to_hyperparameters(self, arch: Any) -> Dict[str, Any]:
+        """The hyperparameter values (name -> value) of ``arch``."""
+
+    @abc.abstractmethod
+    def from_hyperparameters(self, values: Mapping[str, Any]) -> Any:
+        """The architecture of hyperparameter values (validated)."""
+
     # -- stand-alone models ------------------------------------------------
     @abc.abstractmethod
     def build_model(self, arch: Any, *, input_shape, num_classes: int, **kwargs):

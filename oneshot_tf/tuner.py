@@ -1,0 +1,118 @@
+"""keras-tuner integration: architectures as hyperparameters, an Oracle that
+proposes architectures of any search space, and a Tuner that scores each
+trial with an already trained proxy (no model is trained per trial).
+
+    hypermodel = ArchitectureHyperModel(space, input_shape=..., num_classes=...)
+    oracle = RandomArchitectureOracle(space, max_trials=100, seed=0)
+    tuner = ProxyTuner(oracle, hypermodel, scorer=scorer, directory=DIR, project_name="tuner")
+    tuner.search()
+    best = tuner.best_architectures(2)
+    model = tuner.hypermodel.build(tuner.get_best_hyperparameters()[0])   # trainable stand-alone model
+
+The tuner's state is keras-tuner's own project directory: a search restarted
+on the same directory continues without losing or re-scoring a trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import keras
+import keras_tuner
+import numpy as np
+
+from oneshot_tf.scoring import CandidateScorer, CandidateStore
+from oneshot_tf.search_space import SearchSpace
+
+
+class ArchitectureHyperModel(keras_tuner.HyperModel):
+    """Builds the compiled stand-alone Keras model of a trial's architecture."""
+
+    def __init__(self, space: SearchSpace, *, input_shape: Sequence[int], num_classes: int,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 learning_rate: float = 0.05, **build_kwargs):
+        super().__init__(name="architecture")
+        self.space = space
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.mean, self.std = mean, std
+        self.learning_rate = float(learning_rate)
+        self.build_kwargs = build_kwargs
+
+    def declare_hyperparameters(self, hp):
+        self.space.declare_hyperparameters(hp)
+
+    def architecture(self, hp) -> Any:
+        return self.space.from_hyperparameters(hp.values)
+
+    def build(self, hp) -> keras.Model:
+        self.declare_hyperparameters(hp)
+        model = self.space.build_model(self.architecture(hp), input_shape=self.input_shape,
+                                       num_classes=self.num_classes, mean=self.mean, std=self.std,
+                                       **self.build_kwargs)
+        model.compile(optimizer=keras.optimizers.SGD(self.learning_rate, momentum=0.9, nesterov=True),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        return model
+
+
+class RandomArchitectureOracle(keras_tuner.Oracle):
+    """Random search over a search space (the papers' method).
+
+    Trial ``t`` draws from ``numpy.random.default_rng([seed, t, attempt])``
+    with the space's documented distribution, so the sequence depends only on
+    the seed (and resumes identically); repeats are skipped.
+    """
+
+    def __init__(self, space: SearchSpace, *, objective="score", max_trials: int = 10, seed: int = 0,
+                 **kwargs):
+        if isinstance(objective, str):
+            objective = keras_tuner.Objective(objective, direction="max")
+        super().__init__(objective=objective, max_trials=max_trials, seed=seed, **kwargs)
+        self.space = space
+        hp = keras_tuner.HyperParameters()
+        space.declare_hyperparameters(hp)
+        self.update_space(hp)
+
+    def populate_space(self, trial_id):
+        index = len(self.trials)
+        for attempt in range(1000):
+            rng = np.random.default_rng([self.seed, index, attempt])
+            values = self.space.to_hyperparameters(self.space.sample(rng))
+            if not self._duplicate(values):
+                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
+        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+
+
+class ProxyTuner(keras_tuner.Tuner):
+    """Scores each trial's architecture with a trained proxy's scorer.
+
+    ``run_trial`` builds no model (so keras-tuner's per-build
+    ``clear_session`` never runs and the shared proxy survives); it returns
+    the proxy's metrics (``score``, ``accuracy``, ``kl``) and, with a
+    ``store``, appends the candidate record to candidates.jsonl.
+    """
+
+    def __init__(self, oracle: keras_tuner.Oracle, hypermodel: ArchitectureHyperModel, *,
+                 scorer: CandidateScorer, store: Optional[CandidateStore] = None, method: str = "oneshot",
+                 **kwargs):
+        super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self.space = hypermodel.space
+        self.scorer = scorer
+        self.store = store
+        self.method = method
+
+    def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
+        arch = self.space.from_hyperparameters(trial.hyperparameters.values)
+        scores = self.scorer.score_encodings([self.space.encode(arch)])[0]
+        if self.store is not None:
+            hm = self.hypermodel
+            self.store.append([{
+                "id": self.space.arch_id(arch), "index": int(trial.trial_id), "trial_id": trial.trial_id,
+                "method": self.method, "architecture": self.space.to_json(arch), **scores,
+                "params": self.space.count_params(arch, input_shape=hm.input_shape, num_classes=hm.num_classes),
+                "flops": self.space.count_flops(arch, input_shape=hm.input_shape, num_classes=hm.num_classes)}])
+        return scores
+
+    def best_architectures(self, num: int = 1) -> List[Any]:
+        return [self.space.from_hyperparameters(hp.values) for hp in self.get_best_hyperparameters(num)]

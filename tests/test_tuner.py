@@ -1,0 +1,132 @@
+"""keras-tuner integration: hyperparameters <-> architectures, the random
+Oracle, the proxy-scoring Tuner, resume and the hypermodel."""
+
+import json
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
+from oneshot_tf.search_space import ArchitectureError
+from oneshot_tf.tuner import ArchitectureHyperModel, ProxyTuner, RandomArchitectureOracle
+
+SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
+SHAPE = (8, 8, 1)
+
+
+def test_hyperparameters_round_trip_and_declared_choices():
+    hp = keras_tuner.HyperParameters()
+    SPACE.declare_hyperparameters(hp)
+    names = [h.name for h in hp.space]
+    assert names == ["block0_inputs", "block0_ops", "block1_inputs", "block1_ops"]
+    assert len(hp.space[0].values) == 2 ** 2 - 1 and len(hp.space[2].values) == 2 ** 3 - 1
+    assert len(hp.space[1].values) == 28
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = SPACE.sample(rng)
+        values = SPACE.to_hyperparameters(arch)
+        assert SPACE.from_hyperparameters(values) == arch
+    # every combination of declared values is a valid architecture
+    for i in range(50):
+        values = {h.name: h.random_sample(i) for h in hp.space}
+        assert SPACE.to_hyperparameters(SPACE.from_hyperparameters(values)) == values
+
+
+def test_bad_hyperparameters_are_refused():
+    values = SPACE.to_hyperparameters(SPACE.sample(np.random.default_rng(1)))
+    with pytest.raises(ArchitectureError, match="block 1: hyperparameter 'block1_ops' missing"):
+        SPACE.from_hyperparameters({k: v for k, v in values.items() if k != "block1_ops"})
+    with pytest.raises(ArchitectureError, match="block 0: input 2 does not exist"):
+        SPACE.from_hyperparameters({**values, "block0_inputs": "0+2"})
+    with pytest.raises(ArchitectureError, match="block 1: malformed inputs value 'a'"):
+        SPACE.from_hyperparameters({**values, "block1_inputs": "a"})
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    proxy = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=10, ghost_batch_size=8)
+    proxy.build()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32,) + SHAPE).astype(np.uint8)
+    y = rng.integers(0, 10, 32)
+    return CandidateScorer(proxy, ScoreConfig(candidates_per_pass=1, group_size=8, kl_examples=16,
+                                              verbose=False)).prepare(x, y, x)
+
+
+def _tuner(scorer, directory, max_trials, seed=3, fail_at=None):
+    class Tuner(ProxyTuner):
+        def run_trial(self, trial, *args, **kwargs):
+            if fail_at is not None and int(trial.trial_id) == fail_at:
+                raise KeyboardInterrupt  # the process is killed mid-search
+            return super().run_trial(trial, *args, **kwargs)
+
+    return Tuner(RandomArchitectureOracle(SPACE, max_trials=max_trials, seed=seed),
+                 ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10),
+                 scorer=scorer, store=CandidateStore(str(directory / "candidates.jsonl")),
+                 directory=str(directory), project_name="tuner", overwrite=False)
+
+
+def _trial_values(tuner):
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+    return [(t.status, dict(t.hyperparameters.values)) for t in trials]
+
+
+def test_search_honours_max_trials_valid_unique_and_seeded(scorer, tmp_path):
+    a = _tuner(scorer, tmp_path / "a", 7)
+    a.search(verbose=0)
+    trials = _trial_values(a)
+    assert len(trials) == 7 and all(s == "COMPLETED" for s, _ in trials)
+    archs = [SPACE.from_hyperparameters(v) for _, v in trials]  # valid, else raises
+    assert len({SPACE.arch_id(x) for x in archs}) == 7
+    b = _tuner(scorer, tmp_path / "b", 7)
+    b.search(verbose=0)
+    assert _trial_values(b) == trials
+    c = _tuner(scorer, tmp_path / "c", 7, seed=4)
+    c.search(verbose=0)
+    assert [v for _, v in _trial_values(c)] != [v for _, v in trials]
+    # scores come from the proxy: equal to scoring the architecture directly
+    best = a.get_best_hyperparameters(1)[0]
+    arch = SPACE.from_hyperparameters(best.values)
+    direct = scorer.score_encodings([SPACE.encode(arch)])[0]
+    recorded = [json.loads(l) for l in open(tmp_path / "a" / "candidates.jsonl")]
+    assert max(r["score"] for r in recorded) == pytest.approx(direct["score"])
+    assert a.best_architectures(1) == [arch]
+    assert a.oracle.get_best_trials(1)[0].score == pytest.approx(direct["score"])
+
+
+def test_interrupted_search_resumes_without_losing_or_repeating(scorer, tmp_path):
+    whole = _tuner(scorer, tmp_path / "whole", 6)
+    whole.search(verbose=0)
+    broken = _tuner(scorer, tmp_path / "broken", 6, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        broken.search(verbose=0)
+    resumed = _tuner(scorer, tmp_path / "broken", 6)
+    resumed.search(verbose=0)
+    assert _trial_values(resumed) == _trial_values(whole)
+    lines = [json.loads(l) for l in open(tmp_path / "broken" / "candidates.jsonl")]
+    expected = [json.loads(l) for l in open(tmp_path / "whole" / "candidates.jsonl")]
+    assert len(lines) == 6 == len({r["id"] for r in lines})
+    by_id = {r["id"]: r["score"] for r in expected}
+    assert {r["id"]: r["score"] for r in lines} == by_id
+
+
+def test_hypermodel_builds_a_trainable_standalone_model(scorer, tmp_path):
+    tuner = _tuner(scorer, tmp_path / "t", 2)
+    tuner.search(verbose=0)
+    hp = tuner.get_best_hyperparameters(1)[0]
+    model = tuner.hypermodel.build(hp)
+    arch = SPACE.from_hyperparameters(hp.values)
+    assert model.count_params() == SPACE.count_params(arch, input_shape=SHAPE, num_classes=10)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (8,) + SHAPE).astype(np.uint8)
+    y = rng.integers(0, 10, 8)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+    # the shared proxy survived the search and the model building
+    assert scorer.score_encodings([SPACE.encode(arch)])[0]["score"] == pytest.approx(
+        tuner.oracle.get_best_trials(1)[0].score)
