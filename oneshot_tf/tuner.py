@@ -69,6 +69,8 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
         if isinstance(objective, str):
             objective = keras_tuner.Objective(objective, direction="max")
         super().__init__(objective=objective, max_trials=max_trials, seed=seed, **kwargs)
+        # keras-tuner replaces a seed of 0 by a random one; ours is kept as given.
+        self.arch_seed = int(seed)
         self.space = space
         hp = keras_tuner.HyperParameters()
         space.declare_hyperparameters(hp)
@@ -77,11 +79,112 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
     def populate_space(self, trial_id):
         index = len(self.trials)
         for attempt in range(1000):
-            rng = np.random.default_rng([self.seed, index, attempt])
+            rng = np.random.default_rng([self.arch_seed, index, attempt])
             values = self.space.to_hyperparameters(self.space.sample(rng))
             if not self._duplicate(values):
                 return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
         return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+
+
+class _ArchitectureOracle(RandomArchitectureOracle):
+    """Shared helpers: completed trials in order, and mutation of values."""
+
+    def _completed(self):
+        done = [t for t in self.trials.values()
+                if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED and t.score is not None]
+        return sorted(done, key=lambda t: t.trial_id)
+
+    def _better(self, a, b) -> bool:
+        return a > b if self.objective.direction == "max" else a < b
+
+    def _best(self, trials):
+        best = None
+        for t in trials:
+            if best is None or self._better(t.score, best.score):
+                best = t
+        return best
+
+    def _mutate(self, values, rng: np.random.Generator, rate: float):
+        """Resample each decision with probability ``rate`` (at least one)."""
+        space = [hp for hp in self.hyperparameters.space]
+        out = dict(values)
+        chosen = [hp for hp in space if rng.random() < rate] or [space[int(rng.integers(len(space)))]]
+        for hp in chosen:
+            others = [v for v in hp.values if v != out[hp.name]]
+            if others:
+                out[hp.name] = others[int(rng.integers(len(others)))]
+        return out
+
+    def _propose(self, base_values, rate: float, index: int):
+        for attempt in range(1000):
+            rng = np.random.default_rng([self.arch_seed, index, attempt])
+            values = self._mutate(base_values, rng, rate)
+            self.space.from_hyperparameters(values)  # stays inside the space
+            if not self._duplicate(values):
+                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
+        return super().populate_space(str(index))
+
+
+class RefinementOracle(_ArchitectureOracle):
+    """SMASH's refinement (Brock et al. 2018, Appendix C).
+
+    ``random_trials`` random architectures; then ``base_perturbations``
+    perturbations of the best of them (each decision resampled with
+    probability ``resample_probability``, 5% by default, at least one); then a
+    Markov chain: each trial perturbs the current architecture, and a move is
+    accepted (becomes the current architecture) only if it scores better.
+    """
+
+    def __init__(self, space: SearchSpace, *, random_trials: int = 500, base_perturbations: int = 100,
+                 resample_probability: float = 0.05, **kwargs):
+        super().__init__(space, **kwargs)
+        self.random_trials = int(random_trials)
+        self.base_perturbations = int(base_perturbations)
+        self.resample_probability = float(resample_probability)
+
+    def populate_space(self, trial_id):
+        index = len(self.trials)
+        done = self._completed()
+        if index < self.random_trials or not done:
+            return super().populate_space(trial_id)
+        random_phase = [t for t in done if int(t.trial_id) < self.random_trials]
+        base = self._best(random_phase) or self._best(done)
+        if index < self.random_trials + self.base_perturbations:
+            return self._propose(base.hyperparameters.values, self.resample_probability, index)
+        # The chain: a move is accepted only if it beats the current
+        # architecture, so the current one is the best of the base and every
+        # perturbation so far.
+        current = self._best([base] + [t for t in done if int(t.trial_id) >= self.random_trials])
+        return self._propose(current.hyperparameters.values, self.resample_probability, index)
+
+
+class EvolutionOracle(_ArchitectureOracle):
+    """Regularized evolution (Real et al. 2019): tournament selection with
+    ageing.  The population is the ``population_size`` most recent completed
+    trials (the oldest dies); each new trial mutates one decision of the best
+    of ``sample_size`` population members drawn at random.  The first
+    ``population_size`` trials are random."""
+
+    def __init__(self, space: SearchSpace, *, population_size: int = 20, sample_size: int = 5, **kwargs):
+        super().__init__(space, **kwargs)
+        if not 1 <= sample_size <= population_size:
+            raise ValueError(f"need 1 <= sample_size <= population_size, got {sample_size}, {population_size}")
+        self.population_size = int(population_size)
+        self.sample_size = int(sample_size)
+
+    def populate_space(self, trial_id):
+        index = len(self.trials)
+        done = self._completed()
+        if len(done) < self.population_size:
+            return super().populate_space(trial_id)
+        population = done[-self.population_size:]
+        rng = np.random.default_rng([self.arch_seed, index, 10 ** 6])
+        picks = rng.choice(len(population), size=self.sample_size, replace=False)
+        parent = self._best([population[i] for i in picks])
+        return self._propose(parent.hyperparameters.values, 0.0, index)
+
+
+ORACLES = {"random": RandomArchitectureOracle, "refine": RefinementOracle, "evolution": EvolutionOracle}
 
 
 class ProxyTuner(keras_tuner.Tuner):

@@ -11,7 +11,8 @@ from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.oneshot import OneShotProxy
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
 from oneshot_tf.search_space import ArchitectureError
-from oneshot_tf.tuner import ArchitectureHyperModel, ProxyTuner, RandomArchitectureOracle
+from oneshot_tf.tuner import (ArchitectureHyperModel, EvolutionOracle, ProxyTuner, RandomArchitectureOracle,
+                              RefinementOracle)
 
 SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
 SHAPE = (8, 8, 1)
@@ -87,6 +88,11 @@ def test_search_honours_max_trials_valid_unique_and_seeded(scorer, tmp_path):
     c = _tuner(scorer, tmp_path / "c", 7, seed=4)
     c.search(verbose=0)
     assert [v for _, v in _trial_values(c)] != [v for _, v in trials]
+    # seed 0 too (keras-tuner itself would replace it by a random seed)
+    d0, e0 = _tuner(scorer, tmp_path / "d0", 4, seed=0), _tuner(scorer, tmp_path / "e0", 4, seed=0)
+    d0.search(verbose=0)
+    e0.search(verbose=0)
+    assert _trial_values(d0) == _trial_values(e0)
     # scores come from the proxy: equal to scoring the architecture directly
     best = a.get_best_hyperparameters(1)[0]
     arch = SPACE.from_hyperparameters(best.values)
@@ -130,3 +136,65 @@ def test_hypermodel_builds_a_trainable_standalone_model(scorer, tmp_path):
     # the shared proxy survived the search and the model building
     assert scorer.score_encodings([SPACE.encode(arch)])[0]["score"] == pytest.approx(
         tuner.oracle.get_best_trials(1)[0].score)
+
+
+# ---------------------------------------------------------------------------
+# refinement and evolution against random search on a known optimum
+# ---------------------------------------------------------------------------
+
+BIG = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=4)
+TARGET = BIG.to_hyperparameters(BIG.sample(np.random.default_rng(123)))
+
+
+class SyntheticTuner(keras_tuner.Tuner):
+    """Score = fraction of decisions equal to TARGET's (optimum 1.0 at TARGET)."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        BIG.from_hyperparameters(values)  # only valid architectures come out
+        return {"score": sum(values[k] == v for k, v in TARGET.items()) / len(TARGET)}
+
+
+def _best_synthetic(oracle_cls, directory, seed, **kwargs):
+    oracle = oracle_cls(BIG, max_trials=150, seed=seed, **kwargs)
+    tuner = SyntheticTuner(oracle, ArchitectureHyperModel(BIG, input_shape=SHAPE, num_classes=10),
+                           directory=str(directory), project_name=f"{oracle_cls.__name__}{seed}")
+    tuner.search(verbose=0)
+    values = [dict(t.hyperparameters.values) for t in oracle.trials.values()]
+    assert len(values) == 150
+    assert len({json.dumps(v, sort_keys=True) for v in values}) == 150  # repeats are skipped
+    return oracle.get_best_trials(1)[0].score
+
+
+def test_refinement_and_evolution_beat_random_search(tmp_path):
+    seeds = (0, 1, 2)
+    random = [_best_synthetic(RandomArchitectureOracle, tmp_path, s) for s in seeds]
+    refine = [_best_synthetic(RefinementOracle, tmp_path, s, random_trials=30, base_perturbations=20,
+                              resample_probability=0.05) for s in seeds]
+    evolve = [_best_synthetic(EvolutionOracle, tmp_path, s, population_size=20, sample_size=5) for s in seeds]
+    assert np.mean(refine) > np.mean(random) + 0.2, (refine, random)
+    assert np.mean(evolve) > np.mean(random) + 0.2, (evolve, random)
+
+
+def test_refinement_phases_and_acceptance(tmp_path):
+    """Random phase, then perturbations (5% resampling, at least one change)
+    of the random phase's best, then a chain that always perturbs the best
+    architecture accepted so far."""
+    oracle = RefinementOracle(BIG, max_trials=40, seed=5, random_trials=10, base_perturbations=10)
+    tuner = SyntheticTuner(oracle, ArchitectureHyperModel(BIG, input_shape=SHAPE, num_classes=10),
+                           directory=str(tmp_path), project_name="refine_phases")
+    tuner.search(verbose=0)
+    trials = sorted(oracle.trials.values(), key=lambda t: int(t.trial_id))
+    values = [dict(t.hyperparameters.values) for t in trials]
+    scores = [t.score for t in trials]
+
+    def distance(a, b):
+        return sum(a[k] != b[k] for k in a)
+
+    base = int(np.argmax(scores[:10]))
+    for i in range(10, 20):
+        assert 1 <= distance(values[i], values[base]) <= 3
+    for i in range(20, 40):
+        candidates = [base] + list(range(10, i))
+        current = max(candidates, key=lambda j: (scores[j], -candidates.index(j)))
+        assert 1 <= distance(values[i], values[current]) <= 3, i
