@@ -206,16 +206,49 @@ class ProxyTuner(keras_tuner.Tuner):
         self.method = method
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
-        arch = self.space.from_hyperparameters(trial.hyperparameters.values)
-        scores = self.scorer.score_encodings([self.space.encode(arch)])[0]
+        return self._score_trials([trial])[0]
+
+    def _score_trials(self, trials) -> List[Dict[str, float]]:
+        archs = [self.space.from_hyperparameters(t.hyperparameters.values) for t in trials]
+        scores = self.scorer.score_encodings([self.space.encode(a) for a in archs])
         if self.store is not None:
             hm = self.hypermodel
             self.store.append([{
-                "id": self.space.arch_id(arch), "index": int(trial.trial_id), "trial_id": trial.trial_id,
-                "method": self.method, "architecture": self.space.to_json(arch), **scores,
-                "params": self.space.count_params(arch, input_shape=hm.input_shape, num_classes=hm.num_classes),
-                "flops": self.space.count_flops(arch, input_shape=hm.input_shape, num_classes=hm.num_classes)}])
+                "id": self.space.arch_id(a), "index": int(t.trial_id), "trial_id": t.trial_id,
+                "method": self.method, "architecture": self.space.to_json(a), **sc,
+                "params": self.space.count_params(a, input_shape=hm.input_shape, num_classes=hm.num_classes),
+                "flops": self.space.count_flops(a, input_shape=hm.input_shape, num_classes=hm.num_classes)}
+                for t, a, sc in zip(trials, archs, scores)])
         return scores
+
+    def search(self, *args, **kwargs):
+        """Like ``keras_tuner.Tuner.search``, but ``K`` trials at a time
+        (``K`` = the scorer's candidates per pass) are scored in one forward
+        pass, as ``K`` tuners working in parallel would (each has its own
+        tuner id, so an interrupted batch is retried after a restart)."""
+        if "verbose" in kwargs:
+            self.oracle.verbose = kwargs["verbose"]
+        k = self.scorer.cfg.candidates_per_pass
+        status = keras_tuner.engine.trial.TrialStatus
+        self.on_search_begin()
+        stopped = False
+        while not stopped:
+            batch = []
+            for slot in range(k):
+                trial = self.oracle.create_trial(f"{self.tuner_id}-{slot}")
+                if trial.status == status.STOPPED:
+                    stopped = True
+                    break
+                batch.append(trial)
+            if not batch:
+                break
+            for trial in batch:
+                self.on_trial_begin(trial)
+            for trial, scores in zip(batch, self._score_trials(batch)):
+                self.oracle.update_trial(trial.trial_id, scores)
+                trial.status = status.COMPLETED
+                self.on_trial_end(trial)
+        self.on_search_end()
 
     def best_architectures(self, num: int = 1) -> List[Any]:
         return [self.space.from_hyperparameters(hp.values) for hp in self.get_best_hyperparameters(num)]

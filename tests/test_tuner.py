@@ -59,10 +59,10 @@ def scorer():
 
 def _tuner(scorer, directory, max_trials, seed=3, fail_at=None):
     class Tuner(ProxyTuner):
-        def run_trial(self, trial, *args, **kwargs):
-            if fail_at is not None and int(trial.trial_id) == fail_at:
+        def _score_trials(self, trials):
+            if fail_at is not None and any(int(t.trial_id) == fail_at for t in trials):
                 raise KeyboardInterrupt  # the process is killed mid-search
-            return super().run_trial(trial, *args, **kwargs)
+            return super()._score_trials(trials)
 
     return Tuner(RandomArchitectureOracle(SPACE, max_trials=max_trials, seed=seed),
                  ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10),
@@ -198,3 +198,49 @@ def test_refinement_phases_and_acceptance(tmp_path):
         candidates = [base] + list(range(10, i))
         current = max(candidates, key=lambda j: (scores[j], -candidates.index(j)))
         assert 1 <= distance(values[i], values[current]) <= 3, i
+
+
+def test_batched_search_scores_several_trials_per_pass_and_resumes(tmp_path):
+    """With K candidates per pass, the tuner scores K trials per forward pass;
+    results equal one-at-a-time scoring, and an interrupted search resumes."""
+    proxy = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=10, ghost_batch_size=8)
+    proxy.build()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32,) + SHAPE).astype(np.uint8)
+    y = rng.integers(0, 10, 32)
+    batched = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=4, group_size=8, kl_examples=16,
+                                                 verbose=False)).prepare(x, y, x)
+    single = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=1, group_size=8, kl_examples=16,
+                                                verbose=False)).prepare(x, y, x)
+    calls = []
+    original = batched.score_encodings
+
+    def counting(encodings):
+        calls.append(len(encodings))
+        if len(calls) == 2 and fail[0]:
+            raise KeyboardInterrupt
+        return original(encodings)
+
+    batched.score_encodings = counting
+    fail = [True]
+
+    def tuner(scorer, name):
+        return ProxyTuner(RandomArchitectureOracle(SPACE, max_trials=10, seed=7),
+                          ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10), scorer=scorer,
+                          store=CandidateStore(str(tmp_path / f"{name}.jsonl")), directory=str(tmp_path),
+                          project_name=name, overwrite=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        tuner(batched, "batched").search(verbose=0)
+    fail[0] = False
+    resumed = tuner(batched, "batched")
+    resumed.search(verbose=0)
+    reference = tuner(single, "single")
+    reference.search(verbose=0)
+    assert calls[0] == 4 and max(calls) == 4          # 4 trials per pass
+    got = {r["id"]: (r["score"], r["kl"]) for r in map(json.loads, open(tmp_path / "batched.jsonl"))}
+    want = {r["id"]: (r["score"], r["kl"]) for r in map(json.loads, open(tmp_path / "single.jsonl"))}
+    assert len(got) == 10 and got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-5)
+    assert _trial_values(resumed) == _trial_values(reference)
