@@ -198,12 +198,40 @@ class ProxyTuner(keras_tuner.Tuner):
 
     def __init__(self, oracle: keras_tuner.Oracle, hypermodel: ArchitectureHyperModel, *,
                  scorer: CandidateScorer, store: Optional[CandidateStore] = None, method: str = "oneshot",
-                 **kwargs):
+                 summary_dir: Optional[str] = None, **kwargs):
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self.space = hypermodel.space
         self.scorer = scorer
         self.store = store
         self.method = method
+        self.summary_dir = summary_dir
+
+    def _write_summaries(self, trials, scores):
+        """TensorBoard: each trial's metrics at step = trial index (scalars),
+        its decisions for the hparams plugin (one run per trial), and a
+        histogram of all scores so far."""
+        if not self.summary_dir:
+            return
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        for trial, sc in zip(trials, scores):
+            step = int(trial.trial_id)
+            writer = tf.summary.create_file_writer(f"{self.summary_dir}/trial_{trial.trial_id}")
+            with writer.as_default(step=step):
+                hparams_api.hparams({k: str(v) for k, v in trial.hyperparameters.values.items()},
+                                    trial_id=trial.trial_id)
+                for key, value in sc.items():
+                    tf.summary.scalar(f"trial/{key}", value)
+            writer.close()
+        done = [t.score for t in self.oracle.trials.values() if t.score is not None]
+        done += [sc["score"] for sc in scores]
+        writer = tf.summary.create_file_writer(f"{self.summary_dir}/search")
+        with writer.as_default(step=len(done)):
+            tf.summary.histogram("trials/score", np.array(done, np.float32))
+            tf.summary.scalar("trials/best_score", max(done) if self.oracle.objective.direction == "max"
+                              else min(done))
+        writer.close()
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         return self._score_trials([trial])[0]
@@ -219,6 +247,7 @@ class ProxyTuner(keras_tuner.Tuner):
                 "params": self.space.count_params(a, input_shape=hm.input_shape, num_classes=hm.num_classes),
                 "flops": self.space.count_flops(a, input_shape=hm.input_shape, num_classes=hm.num_classes)}
                 for t, a, sc in zip(trials, archs, scores)])
+        self._write_summaries(trials, scores)
         return scores
 
     def search(self, *args, **kwargs):

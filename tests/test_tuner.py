@@ -244,3 +244,35 @@ def test_batched_search_scores_several_trials_per_pass_and_resumes(tmp_path):
     for key in want:
         assert got[key] == pytest.approx(want[key], abs=1e-5)
     assert _trial_values(resumed) == _trial_values(reference)
+
+
+def test_tensorboard_summaries_of_trials(scorer, tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    tuner = ProxyTuner(RandomArchitectureOracle(SPACE, max_trials=3, seed=1),
+                       ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10), scorer=scorer,
+                       directory=str(tmp_path), project_name="tb", summary_dir=str(tmp_path / "tb_logs"))
+    tuner.search(verbose=0)
+
+    def tags(pattern):
+        found = {}
+        for path in glob.glob(str(tmp_path / "tb_logs" / pattern / "events.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for v in event.summary.value:
+                    found.setdefault(v.tag, []).append((event.step, v))
+        return found
+
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+    for trial in trials:
+        found = tags(f"trial_{trial.trial_id}")
+        assert "_hparams_/session_start_info" in found
+        (step, value), = found["trial/score"]
+        assert step == int(trial.trial_id)
+        assert tf.make_ndarray(value.tensor) == pytest.approx(trial.score)
+    search = tags("search")
+    assert "trials/score" in search
+    last_step, last = max(search["trials/best_score"], key=lambda sv: sv[0])
+    assert last_step == len(trials)
+    assert tf.make_ndarray(last.tensor) == pytest.approx(max(t.score for t in trials))
