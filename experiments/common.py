@@ -31,7 +31,8 @@ HELP = {
     "batch_size": "Global batch size of proxy training.",
     "learning_rate": "Initial learning rate (cosine decay to 0, SGD with Nesterov momentum 0.9).",
     "augment": "Random crop after 4-pixel padding (plus horizontal flips on natural images).",
-    "search": "How candidates are chosen: random.",
+    "search": "How candidates are chosen: random (the papers' method), refine (SMASH's perturbation chain) "
+              "or evolution (regularized evolution); the last two are keras-tuner searches in DIR/tuner.",
     "num_candidates": "Candidates to score.",
     "candidates_per_pass": "Candidates evaluated in one forward pass (one per ghost batch).",
     "score_examples": "Validation examples used to score a candidate (0: all).",

@@ -52,6 +52,11 @@ METHODS: Dict[str, Callable[[config_lib.RunConfig, data_lib.ImageDataset], Tuple
 }
 
 
+#: random: the papers' random search (batched scorer, no tuner state);
+#: refine / evolution: keras-tuner searches (project directory DIR/tuner).
+SEARCHES = ("random", "refine", "evolution")
+
+
 class ProxyNotTrainedError(RuntimeError):
     pass
 
@@ -70,8 +75,8 @@ class SearchRun:
                  strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
-        if cfg.search != "random":
-            raise ValueError(f"--search={cfg.search!r} is not available yet; use --search=random")
+        if cfg.search not in SEARCHES:
+            raise ValueError(f"unknown --search={cfg.search!r}; choose from {', '.join(SEARCHES)}")
         if cfg.ranking not in ("top", "small"):
             raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
         self.cfg = cfg
@@ -156,14 +161,44 @@ class SearchRun:
         scorer = self.make_scorer()
         t0 = time.time()
         before = len(store.records)
-        records = score_architectures(scorer, self.space, self.candidates(), store,
-                                      input_shape=self.dataset.image_shape,
-                                      num_classes=self.dataset.num_classes, method=self.cfg.method,
-                                      verbose=self.verbose)
+        if self.cfg.search == "random":
+            records = score_architectures(scorer, self.space, self.candidates(), store,
+                                          input_shape=self.dataset.image_shape,
+                                          num_classes=self.dataset.num_classes, method=self.cfg.method,
+                                          verbose=self.verbose)
+        else:
+            self.make_tuner(scorer, store).search(verbose=1 if self.verbose else 0)
+            records = store.records
         logging.info("scored %d candidates in %.1fs (%d traces)", len(records) - before,
                      time.time() - t0, scorer.trace_count)
         self._score_summaries(records)
         return records
+
+    def make_tuner(self, scorer: CandidateScorer, store: CandidateStore):
+        """The keras-tuner search of ``--search=refine|evolution`` (project in DIR/tuner).
+
+        Refinement keeps SMASH's proportions (500 random, 100 perturbations of
+        their best, 100 chain steps): 5/7, 1/7 and 1/7 of ``num_candidates``.
+        Evolution uses a population of ``num_candidates / 5`` (at most 50)
+        and tournaments of a quarter of it."""
+        from oneshot_tf import tuner as tuner_lib
+        c = self.cfg
+        n = c.num_candidates
+        if c.search == "refine":
+            oracle = tuner_lib.RefinementOracle(self.space, max_trials=n, seed=c.seed + 1,
+                                                random_trials=max(1, 5 * n // 7),
+                                                base_perturbations=max(1, n // 7))
+        else:
+            population = max(2, min(50, n // 5))
+            oracle = tuner_lib.EvolutionOracle(self.space, max_trials=n, seed=c.seed + 1,
+                                               population_size=population, sample_size=max(1, population // 4))
+        mean, std = self.dataset.channel_stats()
+        hypermodel = tuner_lib.ArchitectureHyperModel(
+            self.space, input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
+            mean=mean, std=std, bn_momentum=c.bn_momentum)
+        return tuner_lib.ProxyTuner(oracle, hypermodel, scorer=scorer, store=store, method=c.method,
+                                    summary_dir=io_utils.join(self.model_dir, "score", "tuner"),
+                                    directory=self.model_dir, project_name="tuner", overwrite=False)
 
     def _score_summaries(self, records):
         writer = tf.summary.create_file_writer(io_utils.join(self.model_dir, "score"))

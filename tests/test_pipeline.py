@@ -409,7 +409,7 @@ def test_rank_unknown_mode_raises():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"search": "evolution"}, r"--search='evolution' is not available yet"),
+    ({"search": "bayes"}, r"unknown --search='bayes'; choose from random, refine, evolution"),
     ({"ranking": "best"}, r"unknown ranking 'best'"),
     ({"method": "darts"}, r"unknown method 'darts'"),
 ])
@@ -418,3 +418,32 @@ def test_bad_settings_fail_before_any_work(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         SearchRun(config_lib.resolve("tiny", override), model_dir, verbose=False)
     assert not os.path.exists(model_dir)
+
+
+@pytest.mark.parametrize("search", ["refine", "evolution"])
+def test_tuner_searches_write_candidates_and_resume(e2e, tmp_path, monkeypatch, search):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    shutil.copy(e2e / "config.json", model_dir / "config.json")
+    shutil.copytree(e2e / "proxy", model_dir / "proxy")
+    cfg = config_lib.resolve("tiny", {"search": search, "num_candidates": 8})
+    run = SearchRun(cfg, str(model_dir), verbose=False)
+    records = run.score()
+    lines = _read_jsonl(model_dir / "candidates.jsonl")
+    assert len(lines) == 8 == len({r["id"] for r in lines})
+    assert [r["id"] for r in records] == [r["id"] for r in lines]
+    for r in lines:
+        arch = run.space.from_json(r["architecture"])
+        assert r["params"] == run.space.count_params(arch, input_shape=run.dataset.image_shape,
+                                                     num_classes=run.dataset.num_classes)
+    assert (model_dir / "tuner" / "oracle.json").exists()
+    assert glob.glob(str(model_dir / "score" / "tuner" / "search" / "events.*"))
+
+    def no_scoring(self, encodings):
+        raise AssertionError("scored a candidate again")
+
+    monkeypatch.setattr(CandidateScorer, "score_encodings", no_scoring)
+    before = (model_dir / "candidates.jsonl").read_bytes()
+    SearchRun(cfg, str(model_dir), verbose=False).score()
+    assert (model_dir / "candidates.jsonl").read_bytes() == before
+    assert run.winners()[0]["score"] == max(r["score"] for r in lines)
