@@ -81,13 +81,6 @@ class OneShotProxy(Proxy):
                                       skip_inactive=self.skip_inactive,
                                       static_shapes=self.static_shapes).build_weights()
 
-    @property
-    def trainable_variables(self):
-        return self.model.trainable_variables
-
-    def checkpoint_objects(self):
-        return {"model": self.model}
-
     def num_ghost(self, batch_size: int) -> int:
         if batch_size % self.ghost_batch_size:
             raise ValueError(f"per-replica batch {batch_size} is not a multiple of the ghost batch "

@@ -32,7 +32,7 @@ from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates, score_architectures
 from oneshot_tf.search_space import SearchSpace
-from oneshot_tf.training import TrainConfig, train
+from oneshot_tf.training import TrainConfig, restore_latest, train
 
 
 def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
@@ -135,7 +135,7 @@ class SearchRun:
                 f"run experiments.train (or experiments.run) on this --model_dir first")
         with self.strategy.scope():
             self.proxy.build()
-        tf.train.Checkpoint(**self.proxy.checkpoint_objects()).restore(latest).expect_partial()
+        restore_latest(self.proxy_dir, **self.proxy.checkpoint_objects())
         return self.proxy
 
     # -- step 2 ------------------------------------------------------------

@@ -29,13 +29,6 @@ class StandaloneTask(TrainTask):
             self._kernels = [w for w in self.model.trainable_weights
                              if "kernel" in w.path.split("/")[-1]]
 
-    @property
-    def trainable_variables(self):
-        return self.model.trainable_variables
-
-    def checkpoint_objects(self):
-        return {"model": self.model}
-
     def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
         del progress, seed
         logits = self.model(images, training=True)

@@ -30,20 +30,25 @@ class TrainingDivergedError(RuntimeError):
 
 
 class TrainTask(abc.ABC):
-    """What ``train`` needs from a model: variables, a loss, checkpoint items."""
+    """What ``train`` needs from a model: variables, a loss, checkpoint items.
+
+    ``build`` sets ``self.model`` (a Keras model); variables and checkpoint
+    items default to that model's.
+    """
+
+    model = None
 
     @abc.abstractmethod
     def build(self) -> None:
-        """Create all variables (called under the strategy's scope)."""
+        """Create ``self.model`` and its variables (called under the strategy's scope)."""
 
     @property
-    @abc.abstractmethod
     def trainable_variables(self):
-        ...
+        return self.model.trainable_variables
 
-    @abc.abstractmethod
     def checkpoint_objects(self) -> Dict[str, Any]:
-        """Trackables to save besides the optimizer (e.g. ``{"model": model}``)."""
+        """Trackables to save besides the optimizer."""
+        return {"model": self.model}
 
     @abc.abstractmethod
     def loss(self, images, labels, *, progress, seed, global_batch_size: int,
