@@ -260,6 +260,55 @@ class CellSearchSpace(SearchSpace):
         return "; ".join(f"b{i}({'+'.join(names[j] for j in b.inputs)})->{'+'.join(b.ops)}"
                          for i, b in enumerate(arch.blocks))
 
+    def graph(self, arch: CellArchitecture) -> Dict[str, Any]:
+        """The cell of ``arch`` as a DAG, node for node what the stand-alone
+        model builds (``oneshot_tf.models.build_standalone_model``).
+
+        Nodes, in topological order:
+
+        * ``in0`` "cell k-2" and ``in1`` "cell k-1" (kind ``input``), each
+          only if some block reads it (an unread input is not part of the
+          stand-alone cell);
+        * per block ``i``: ``b{i}_conv`` "b{i}: 1x1 conv" (kind ``conv``: the
+          concatenation of the chosen inputs, then BN-ReLU-1x1 convolution),
+          one ``b{i}_{op}`` node per chosen op labelled with the op name (kind
+          ``op``), and, when two ops are chosen, ``b{i}_sum`` "+" (kind
+          ``combine``); with a single op the op node is the block's output;
+        * ``out`` "concat" (kind ``output``): the cell output, the
+          concatenation of every block's output (all blocks, also those that
+          other blocks read).
+
+        Edges: chosen input -> ``b{i}_conv`` (input ``2 + j`` is block ``j``'s
+        output node), ``b{i}_conv`` -> each op, each op -> ``b{i}_sum``, and
+        every block output -> ``out``.
+        """
+        self.validate(arch)
+        nodes: List[Dict[str, str]] = []
+        edges: List[List[str]] = []
+        read = {j for b in arch.blocks for j in b.inputs}
+        sources = ["in0", "in1"]
+        for j, label in enumerate(("cell k-2", "cell k-1")):
+            if j in read:
+                nodes.append({"id": sources[j], "label": label, "kind": "input"})
+        for i, b in enumerate(arch.blocks):
+            conv = f"b{i}_conv"
+            nodes.append({"id": conv, "label": f"b{i}: 1x1 conv", "kind": "conv"})
+            edges.extend([sources[j], conv] for j in b.inputs)
+            op_ids = []
+            for op in b.ops:
+                op_ids.append(f"b{i}_{op}")
+                nodes.append({"id": op_ids[-1], "label": op, "kind": "op"})
+                edges.append([conv, op_ids[-1]])
+            if len(op_ids) == 1:
+                sources.append(op_ids[0])
+            else:
+                nodes.append({"id": f"b{i}_sum", "label": "+", "kind": "combine"})
+                edges.extend([o, f"b{i}_sum"] for o in op_ids)
+                sources.append(f"b{i}_sum")
+        nodes.append({"id": "out", "label": "concat", "kind": "output"})
+        edges.extend([s, "out"] for s in sources[2:])
+        return {"nodes": nodes, "edges": edges}
+
     # -- keras-tuner ---------------------------------------------------------
     def _input_choices(self, i: int) -> List[str]:
         k = self.num_candidate_inputs(i)

@@ -30,7 +30,7 @@ from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.oneshot import OneShotProxy
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
-from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates, score_architectures
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import SearchSpace
 from oneshot_tf.training import TrainConfig, restore_latest, train
 
@@ -52,8 +52,9 @@ METHODS: Dict[str, Callable[[config_lib.RunConfig, data_lib.ImageDataset], Tuple
 }
 
 
-#: random: the papers' random search (batched scorer, no tuner state);
-#: refine / evolution: keras-tuner searches (project directory DIR/tuner).
+#: Each is a keras-tuner search (project directory DIR/tuner): random (the
+#: papers' method), refine (SMASH's perturbation chain), evolution
+#: (regularized evolution).
 SEARCHES = ("random", "refine", "evolution")
 
 
@@ -140,7 +141,8 @@ class SearchRun:
 
     # -- step 2 ------------------------------------------------------------
     def candidates(self) -> List[Any]:
-        """The random-search candidates: ``num_candidates`` distinct samples."""
+        """The random-search candidates: ``num_candidates`` distinct samples,
+        in the order ``--search=random`` scores them."""
         return self.space.sample_unique(self.cfg.num_candidates, seed=self.cfg.seed + 1)
 
     def make_scorer(self) -> CandidateScorer:
@@ -161,30 +163,26 @@ class SearchRun:
         scorer = self.make_scorer()
         t0 = time.time()
         before = len(store.records)
-        if self.cfg.search == "random":
-            records = score_architectures(scorer, self.space, self.candidates(), store,
-                                          input_shape=self.dataset.image_shape,
-                                          num_classes=self.dataset.num_classes, method=self.cfg.method,
-                                          verbose=self.verbose)
-        else:
-            self.make_tuner(scorer, store).search(verbose=1 if self.verbose else 0)
-            records = store.records
+        self.make_tuner(scorer, store).search(verbose=1 if self.verbose else 0)
+        records = store.records
         logging.info("scored %d candidates in %.1fs (%d traces)", len(records) - before,
                      time.time() - t0, scorer.trace_count)
         self._score_summaries(records)
         return records
 
     def make_tuner(self, scorer: CandidateScorer, store: CandidateStore):
-        """The keras-tuner search of ``--search=refine|evolution`` (project in DIR/tuner).
+        """The keras-tuner search of ``--search`` (project in DIR/tuner).
 
-        Refinement keeps SMASH's proportions (500 random, 100 perturbations of
+        Random search proposes ``candidates()``, in that order.  Refinement keeps SMASH's proportions (500 random, 100 perturbations of
         their best, 100 chain steps): 5/7, 1/7 and 1/7 of ``num_candidates``.
         Evolution uses a population of ``num_candidates / 5`` (at most 50)
         and tournaments of a quarter of it."""
         from oneshot_tf import tuner as tuner_lib
         c = self.cfg
         n = c.num_candidates
-        if c.search == "refine":
+        if c.search == "random":
+            oracle = tuner_lib.RandomArchitectureOracle(self.space, max_trials=n, seed=c.seed + 1)
+        elif c.search == "refine":
             oracle = tuner_lib.RefinementOracle(self.space, max_trials=n, seed=c.seed + 1,
                                                 random_trials=max(1, 5 * n // 7),
                                                 base_perturbations=max(1, n // 7))

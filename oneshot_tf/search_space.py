@@ -89,18 +89,30 @@ class SearchSpace(abc.ABC):
         """A stable id: the first 16 hex digits of SHA-1 of the canonical JSON."""
         return hashlib.sha1(canonical_json(self.to_json(arch)).encode()).hexdigest()[:16]
 
+    def sample_at(self, seed: int, index: int, attempt: int = 0) -> Any:
+        """The ``attempt``-th draw for position ``index`` of the sequence of
+        ``seed``: ``sample(numpy.random.default_rng([seed, index, attempt]))``.
+        Random search and the random oracle both use it, so a position's
+        candidate depends only on (seed, index) and resumes identically."""
+        return self.sample(np.random.default_rng([int(seed), int(index), int(attempt)]))
+
     def sample_unique(self, n: int, seed: int) -> list:
-        """``n`` distinct architectures drawn with ``seed`` (fixed order)."""
+        """``n`` distinct architectures drawn with ``seed``: position ``i``
+        holds the first of ``sample_at(seed, i, 0), sample_at(seed, i, 1), ...``
+        not seen before (the sequence ``RandomArchitectureOracle`` proposes)."""
         if n > self.size():
             raise ValueError(f"asked for {n} distinct architectures, the space has {self.size()}")
-        rng = np.random.default_rng(seed)
         seen, out = set(), []
-        while len(out) < n:
-            arch = self.sample(rng)
-            key = self.arch_id(arch)
-            if key not in seen:
-                seen.add(key)
-                out.append(arch)
+        for index in range(n):
+            attempt = 0
+            while True:
+                arch = self.sample_at(seed, index, attempt)
+                key = self.arch_id(arch)
+                if key not in seen:
+                    break
+                attempt += 1
+            seen.add(key)
+            out.append(arch)
         return out
 
     # -- keras-tuner ---------------------------------------------------------
@@ -132,3 +144,18 @@ class SearchSpace(abc.ABC):
     def describe(self, arch: Any) -> str:
         """Human-readable one-line description (default: canonical JSON)."""
         return canonical_json(self.to_json(arch))
+
+    def graph(self, arch: Any) -> Dict[str, Any]:
+        """The repeated unit of ``arch`` (e.g. the cell) as a directed acyclic graph.
+
+        Returns ``{"nodes": [{"id": str, "label": str, "kind": str}, ...],
+        "edges": [[src_id, dst_id], ...]}`` with the nodes in topological
+        order (every edge goes from an earlier node to a later one).  Ids are
+        unique within the graph; labels are short human-readable names; kinds
+        are free-form strings that group nodes (e.g. ``"input"``, ``"op"``,
+        ``"combine"``, ``"output"``).  Plots draw it
+        (``oneshot_tf.plots.architecture_png``) and graph-based proxies read
+        it.  Raises ArchitectureError for an architecture outside the space.
+        Optional: the default raises NotImplementedError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not describe architectures as graphs")

@@ -15,12 +15,14 @@ on the same directory continues without losing or re-scoring a trial.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import keras
 import keras_tuner
 import numpy as np
 
+from oneshot_tf import io_utils
 from oneshot_tf.scoring import CandidateScorer, CandidateStore
 from oneshot_tf.search_space import SearchSpace
 
@@ -59,9 +61,9 @@ class ArchitectureHyperModel(keras_tuner.HyperModel):
 class RandomArchitectureOracle(keras_tuner.Oracle):
     """Random search over a search space (the papers' method).
 
-    Trial ``t`` draws from ``numpy.random.default_rng([seed, t, attempt])``
-    with the space's documented distribution, so the sequence depends only on
-    the seed (and resumes identically); repeats are skipped.
+    Trial ``t`` is ``space.sample_at(seed, t, attempt)`` for the first
+    ``attempt`` that is not a repeat, so the sequence depends only on the seed,
+    resumes identically and equals ``space.sample_unique(n, seed)``.
     """
 
     def __init__(self, space: SearchSpace, *, objective="score", max_trials: int = 10, seed: int = 0,
@@ -71,6 +73,8 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
         super().__init__(objective=objective, max_trials=max_trials, seed=seed, **kwargs)
         # keras-tuner replaces a seed of 0 by a random one; ours is kept as given.
         self.arch_seed = int(seed)
+        self._defer_depth = 0
+        self._save_pending = False
         self.space = space
         hp = keras_tuner.HyperParameters()
         space.declare_hyperparameters(hp)
@@ -78,12 +82,59 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
 
     def populate_space(self, trial_id):
         index = len(self.trials)
-        for attempt in range(1000):
-            rng = np.random.default_rng([self.arch_seed, index, attempt])
-            values = self.space.to_hyperparameters(self.space.sample(rng))
+        if index >= self.space.size():
+            return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+        attempt = 0
+        while True:  # terminates: the space still holds an untried architecture
+            values = self.space.to_hyperparameters(self.space.sample_at(self.arch_seed, index, attempt))
             if not self._duplicate(values):
                 return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
-        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+            attempt += 1
+
+    # -- state on disk: atomic writes, one oracle save per batch, repair on reload
+    def save(self):
+        if self._defer_depth:
+            self._save_pending = True
+            return
+        io_utils.write_json(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        io_utils.write_json(io_utils.join(self._get_trial_dir(trial.trial_id), "trial.json"),
+                            trial.get_state())
+
+    @contextlib.contextmanager
+    def deferred_save(self):
+        """Inside, ``oracle.json`` is written once, at the end (trial files
+        are still written per trial).  What a kill inside loses is repaired
+        by ``reload`` from the trial files."""
+        self._defer_depth += 1
+        try:
+            yield
+        finally:
+            self._defer_depth -= 1
+            if not self._defer_depth and self._save_pending:
+                self._save_pending = False
+                self.save()
+
+    def reload(self):
+        super().reload()
+        # Trials written after the last oracle.json (a batch cut short by a
+        # kill): unfinished ones are retried; the duplicate index and the
+        # orders are rebuilt from the trial files.
+        status = keras_tuner.engine.trial.TrialStatus
+        for trial_id in sorted(self.trials):
+            trial = self.trials[trial_id]
+            h = self._compute_values_hash(trial.hyperparameters.values)
+            self._tried_so_far.add(h)
+            self._id_to_hash[trial_id] = h
+            if trial_id not in self.start_order:
+                self.start_order.append(trial_id)
+            if trial.status == status.COMPLETED and trial_id not in self.end_order:
+                self.end_order.append(trial_id)
+            if trial.status == status.RUNNING and trial_id not in self._retry_queue:
+                self._retry_queue.append(trial_id)
+        # Retries are popped from the end: oldest last in, first out.
+        self._retry_queue.sort(reverse=True)
 
 
 class _ArchitectureOracle(RandomArchitectureOracle):
@@ -233,6 +284,45 @@ class ProxyTuner(keras_tuner.Tuner):
                               else min(done))
         writer.close()
 
+    def _write_search_images(self):
+        """TensorBoard images at step = completed trials: a drawing of the best
+        architecture's cell and score against parameter count."""
+        if not self.summary_dir:
+            return
+        import tensorflow as tf
+        from oneshot_tf import plots
+
+        best = self.oracle.get_best_trials(1)
+        if not best:
+            return
+        status = keras_tuner.engine.trial.TrialStatus
+        done = sorted((t for t in self.oracle.trials.values()
+                       if t.status == status.COMPLETED and t.score is not None), key=lambda t: t.trial_id)
+        hm = self.hypermodel
+        archs = [self.space.from_hyperparameters(t.hyperparameters.values) for t in done]
+        params = [self.space.count_params(a, input_shape=hm.input_shape, num_classes=hm.num_classes)
+                  for a in archs]
+        best_arch = self.space.from_hyperparameters(best[0].hyperparameters.values)
+        images = {"trials/score_vs_params": plots.scatter_png(
+            params, [t.score for t in done], xlabel="stand-alone parameters", ylabel="proxy score",
+            title=f"{len(done)} trials", highlight=[t.trial_id for t in done].index(best[0].trial_id))}
+        try:
+            graph = self.space.graph(best_arch)
+        except NotImplementedError:
+            graph = None
+        if graph is not None:
+            images["trials/best_architecture"] = plots.architecture_png(
+                graph, title=f"trial {best[0].trial_id}: score {best[0].score:.4f}")
+        writer = tf.summary.create_file_writer(f"{self.summary_dir}/search")
+        with writer.as_default(step=len(done)):
+            for tag, png in images.items():
+                tf.summary.image(tag, tf.image.decode_png(png)[None])
+        writer.close()
+
+    def on_search_end(self):
+        self._write_search_images()
+        super().on_search_end()
+
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         return self._score_trials([trial])[0]
 
@@ -250,33 +340,43 @@ class ProxyTuner(keras_tuner.Tuner):
         self._write_summaries(trials, scores)
         return scores
 
-    def search(self, *args, **kwargs):
+    def search(self, *args, verbose: int = 1, **kwargs):
         """Like ``keras_tuner.Tuner.search``, but ``K`` trials at a time
         (``K`` = the scorer's candidates per pass) are scored in one forward
         pass, as ``K`` tuners working in parallel would (each has its own
-        tuner id, so an interrupted batch is retried after a restart)."""
-        if "verbose" in kwargs:
-            self.oracle.verbose = kwargs["verbose"]
+        tuner id, so an interrupted batch is retried after a restart).
+        ``oracle.json`` is written once per batch; progress is a bar over
+        ``max_trials`` with the best score so far."""
+        del args, kwargs  # nothing is fitted: no data or callbacks to pass
+        self.oracle.verbose = 0  # one progress bar instead of a table per trial
         k = self.scorer.cfg.candidates_per_pass
         status = keras_tuner.engine.trial.TrialStatus
+        defer = getattr(self.oracle, "deferred_save", contextlib.nullcontext)
+        total = self.oracle.max_trials
+        bar = keras.utils.Progbar(total, verbose=verbose, unit_name="trial") if total else None
         self.on_search_begin()
         stopped = False
         while not stopped:
-            batch = []
-            for slot in range(k):
-                trial = self.oracle.create_trial(f"{self.tuner_id}-{slot}")
-                if trial.status == status.STOPPED:
-                    stopped = True
+            with defer():
+                batch = []
+                for slot in range(k):
+                    trial = self.oracle.create_trial(f"{self.tuner_id}-{slot}")
+                    if trial.status == status.STOPPED:
+                        stopped = True
+                        break
+                    batch.append(trial)
+                if not batch:
                     break
-                batch.append(trial)
-            if not batch:
-                break
-            for trial in batch:
-                self.on_trial_begin(trial)
-            for trial, scores in zip(batch, self._score_trials(batch)):
-                self.oracle.update_trial(trial.trial_id, scores)
-                trial.status = status.COMPLETED
-                self.on_trial_end(trial)
+                for trial in batch:
+                    self.on_trial_begin(trial)
+                for trial, scores in zip(batch, self._score_trials(batch)):
+                    self.oracle.update_trial(trial.trial_id, scores)
+                    trial.status = status.COMPLETED
+                    self.on_trial_end(trial)
+            if bar is not None:
+                done = [t for t in self.oracle.trials.values() if t.status == status.COMPLETED]
+                best = self.oracle.get_best_trials(1)
+                bar.update(len(done), [("best", best[0].score)] if best else None)
         self.on_search_end()
 
     def best_architectures(self, num: int = 1) -> List[Any]:

@@ -276,3 +276,19 @@ def test_tensorboard_summaries_of_trials(scorer, tmp_path):
     last_step, last = max(search["trials/best_score"], key=lambda sv: sv[0])
     assert last_step == len(trials)
     assert tf.make_ndarray(last.tensor) == pytest.approx(max(t.score for t in trials))
+    # Images at the end of the search: the best architecture's cell and the
+    # score-vs-parameters scatter, at step = completed trials.
+    for tag in ("trials/best_architecture", "trials/score_vs_params"):
+        (step, value), = search[tag]
+        assert step == len(trials)
+        assert value.metadata.plugin_data.plugin_name == "images"
+        width, height = (int(v) for v in tf.make_ndarray(value.tensor)[:2])  # stored width first
+        image = tf.image.decode_png(tf.make_ndarray(value.tensor)[2])
+        assert image.shape[:2] == (height, width) and height > 100 and width > 100
+    best = SPACE.from_hyperparameters(tuner.get_best_hyperparameters(1)[0].values)
+    from oneshot_tf import plots
+    drawn = tf.image.decode_png(tf.make_ndarray(search["trials/best_architecture"][0][1].tensor)[2])
+    expected = tf.image.decode_png(plots.architecture_png(
+        SPACE.graph(best), title=f"trial {tuner.oracle.get_best_trials(1)[0].trial_id}: "
+                                 f"score {max(t.score for t in trials):.4f}"))
+    assert drawn.shape == expected.shape  # the drawing of the best architecture's graph
