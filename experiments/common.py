@@ -47,7 +47,10 @@ HELP = {
     "retrain_weight_decay": "L2 coefficient of stand-alone training.",
     "bn_momentum": "BN moving-average momentum of stand-alone models (suit it to retrain_steps).",
     "strategy": f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
-    "jit_compile": "Compile steps with XLA (fast on TPU/GPU, slow for separable convs on CPU).",
+    "jit_compile": "Compile the training and scoring steps with XLA. Unset: on for TPU, off otherwise "
+                   "(measured ~10x slower for separable convs on CPU; GPU not measured yet).",
+    "precision": "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with dynamic loss scaling); "
+                 "BN statistics, normalizations, softmax and losses stay float32.",
     "checkpoint_every": "Steps between checkpoints.",
     "log_every": "Steps between TensorBoard/progress updates.",
 }
@@ -65,6 +68,8 @@ def define_flags():
         default = getattr(defaults, f.name)
         if f.name == "preset":
             flags.DEFINE_enum("preset", "quick", list(config_lib.PRESETS), HELP["preset"])
+        elif f.name == "jit_compile":
+            flags.DEFINE_bool(f.name, None, HELP[f.name])
         elif isinstance(default, bool):
             flags.DEFINE_bool(f.name, default, HELP[f.name])
         elif isinstance(default, int):
@@ -93,7 +98,7 @@ def run_step(step):
     from oneshot_tf.data import DataError
     from oneshot_tf.pipeline import ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
-    from oneshot_tf.training import TrainingDivergedError
+    from oneshot_tf.training import TrainingDivergedError, TrainingPreempted
     import tensorflow as tf
     logging.set_verbosity(logging.INFO)
     tf.get_logger().setLevel("ERROR")
@@ -103,6 +108,9 @@ def run_step(step):
         or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
     try:
         step(make_run())
+    except TrainingPreempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(TrainingPreempted.exit_code)
     except (DataError, ArchitectureError, ProxyNotTrainedError, TrainingDivergedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 #: Fields that define what a model directory holds; a step run later on the
 #: same directory must agree on them.
@@ -11,7 +11,7 @@ IDENTITY_FIELDS = (
     "method", "dataset", "image_size", "validation_size", "max_train_examples", "seed",
     "num_cells", "num_stages", "filters", "num_blocks",
     "ghost_batch_size", "drop_rate", "weight_decay", "train_steps", "batch_size", "learning_rate",
-    "augment", "score_examples", "kl_examples",
+    "augment", "score_examples", "kl_examples", "precision",
 )
 
 
@@ -59,7 +59,8 @@ class RunConfig:
     bn_momentum: float = 0.9
     # execution
     strategy: str = "default"
-    jit_compile: bool = False
+    jit_compile: Optional[bool] = None  # None: per device (on for TPU; off on CPU, where it is slower)
+    precision: str = "float32"          # float32 | mixed_bfloat16 | mixed_float16
     checkpoint_every: int = 200
     log_every: int = 20
 
@@ -96,7 +97,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   drop_rate=0.1, num_candidates=20000, candidates_per_pass=32, num_winners=10,
                   retrain_filters=64, retrain_steps=105469, retrain_batch_size=128,
                   retrain_learning_rate=0.1, retrain_weight_decay=1e-4, bn_momentum=0.99,
-                  checkpoint_every=1000, log_every=100, jit_compile=True),
+                  checkpoint_every=1000, log_every=100),
 }
 
 

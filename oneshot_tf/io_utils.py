@@ -51,3 +51,24 @@ def replace_dir(tmp_dir: str, final_dir: str) -> None:
     if tf.io.gfile.exists(final_dir):
         tf.io.gfile.rmtree(final_dir)
     tf.io.gfile.rename(tmp_dir, final_dir)
+
+
+def remove(path: str) -> None:
+    """Delete a file or a directory tree."""
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    else:
+        tf.io.gfile.remove(path)
+
+
+def copy(src: str, dst: str) -> None:
+    """Copy a file or a directory tree (local or gs:// alike)."""
+    if not tf.io.gfile.isdir(src):
+        tf.io.gfile.makedirs(os.path.dirname(dst) or ".")
+        tf.io.gfile.copy(src, dst, overwrite=True)
+        return
+    for dirpath, _, files in tf.io.gfile.walk(src):
+        target = os.path.join(dst, os.path.relpath(dirpath, src))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(dirpath, name), os.path.join(target, name), overwrite=True)

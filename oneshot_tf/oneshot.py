@@ -27,18 +27,27 @@ def path_drop_probabilities(space: CellSearchSpace, progress, drop_rate: float):
     return p_in, p_op
 
 
-def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rate: float, seed):
+def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rate: float, seed, *,
+                      replica_id=0, num_replicas: int = 1):
     """Path-dropout masks, one row per ghost batch (stateless RNG from ``seed``).
 
     Every path is kept independently with probability ``1 - p``; the same
-    decision is used in every cell (the masks have no cell axis).
+    decision is used in every cell (the masks have no cell axis).  The masks
+    are drawn for all ``num_ghost * num_replicas`` ghost batches of the global
+    batch and replica ``replica_id`` takes its rows, so a run draws the same
+    decisions for the same examples under any number of replicas.
     """
     p_in, p_op = path_drop_probabilities(space, progress, drop_rate)
     nb, mi, no = space.num_blocks, space.max_inputs, len(space.ops)
+    total = num_ghost * num_replicas
     seed_in, seed_op = tf.unstack(tf.random.experimental.stateless_split(
         tf.convert_to_tensor(seed, tf.int32), 2))
-    u_in = tf.random.stateless_uniform([num_ghost, nb, mi], seed=seed_in)
-    u_op = tf.random.stateless_uniform([num_ghost, nb, no], seed=seed_op)
+    u_in = tf.random.stateless_uniform([total, nb, mi], seed=seed_in)
+    u_op = tf.random.stateless_uniform([total, nb, no], seed=seed_op)
+    if num_replicas > 1:
+        first = tf.cast(replica_id, tf.int32) * num_ghost
+        u_in = tf.slice(u_in, [first, 0, 0], [num_ghost, nb, mi])
+        u_op = tf.slice(u_op, [first, 0, 0], [num_ghost, nb, no])
     input_mask = tf.cast(u_in >= p_in[None, :, None], tf.float32) * tf.constant(space.valid_input_mask())
     op_mask = tf.cast(u_op >= p_op, tf.float32)
     return input_mask, op_mask
@@ -87,10 +96,12 @@ class OneShotProxy(Proxy):
                              f"size {self.ghost_batch_size}")
         return batch_size // self.ghost_batch_size
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
         g = self.num_ghost(int(images.shape[0]))
-        input_mask, op_mask = sample_path_masks(self.space, g, progress, self.drop_rate, seed)
-        logits = self.model({"images": images, "input_mask": input_mask, "op_mask": op_mask}, training=True)
+        input_mask, op_mask = sample_path_masks(self.space, g, progress, self.drop_rate, seed,
+                                                replica_id=replica_id, num_replicas=num_replicas)
+        logits = tf.cast(self.model({"images": images, "input_mask": input_mask, "op_mask": op_mask},
+                                    training=True), tf.float32)
         labels = tf.cast(labels, tf.int32)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         ce = tf.reduce_sum(ce) / global_batch_size

@@ -14,6 +14,7 @@ Layout of a model directory::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -24,6 +25,7 @@ from absl import logging
 
 from oneshot_tf import config as config_lib
 from oneshot_tf import data as data_lib
+from oneshot_tf import distribute
 from oneshot_tf import io_utils
 from oneshot_tf import plots
 from oneshot_tf.cell_space import CellSearchSpace
@@ -32,7 +34,7 @@ from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import SearchSpace
-from oneshot_tf.training import TrainConfig, restore_latest, train
+from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
 
 def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
@@ -80,10 +82,24 @@ class SearchRun:
             raise ValueError(f"unknown --search={cfg.search!r}; choose from {', '.join(SEARCHES)}")
         if cfg.ranking not in ("top", "small"):
             raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if cfg.batch_size % (replicas * cfg.ghost_batch_size):
+            raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of replicas ({replicas}) x "
+                             f"--ghost_batch_size ({cfg.ghost_batch_size}): every replica trains on whole "
+                             f"ghost batches")
+        if cfg.candidates_per_pass % replicas:
+            raise ValueError(f"--candidates_per_pass={cfg.candidates_per_pass} must be a multiple of the "
+                             f"{replicas} replicas (each scores a share of every pass)")
+        if cfg.retrain_batch_size % replicas:
+            raise ValueError(f"--retrain_batch_size={cfg.retrain_batch_size} does not split over {replicas} "
+                             f"replicas")
+        if cfg.jit_compile is None:
+            cfg = dataclasses.replace(cfg, jit_compile=distribute.default_jit_compile(self.strategy))
         self.cfg = cfg
         self.model_dir = model_dir
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.verbose = verbose
+        self.chief = distribute.is_chief(self.strategy)
+        self.verbose = verbose and self.chief
         keras.utils.set_random_seed(cfg.seed)
         self.dataset = load_data(cfg)
         self.space, self.proxy = METHODS[cfg.method](cfg, self.dataset)
@@ -99,6 +115,8 @@ class SearchRun:
                 desc = ", ".join(f"--{k}: {a!r} in the directory, {b!r} now" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.model_dir} holds a run with other settings ({desc}); "
                                  f"pass the same flags or use a new --model_dir")
+        if not self.chief:
+            return  # only the chief writes artifacts
         io_utils.write_json(path, {
             "flags": self.cfg.to_dict(),
             "search_space": self.space.get_config(),
@@ -128,8 +146,8 @@ class SearchRun:
                      summary_dir=io_utils.join(self.proxy_dir, "train"), description="proxy training")
 
     def restore_proxy(self):
-        latest = tf.train.latest_checkpoint(self.proxy_dir)
-        step = int(latest.rsplit("-", 1)[1]) if latest else 0
+        distribute.barrier(self.strategy)  # the chief's last checkpoint is written
+        step = checkpoint_step(self.proxy_dir)
         if step < self.cfg.train_steps:
             raise ProxyNotTrainedError(
                 f"the proxy in {self.proxy_dir} has trained {step} of {self.cfg.train_steps} steps; "
@@ -150,7 +168,7 @@ class SearchRun:
         scorer = CandidateScorer(self.proxy, ScoreConfig(
             candidates_per_pass=c.candidates_per_pass, group_size=c.ghost_batch_size,
             max_examples=c.score_examples or None, kl_examples=c.kl_examples,
-            jit_compile=c.jit_compile, verbose=self.verbose))
+            jit_compile=c.jit_compile, verbose=self.verbose), strategy=self.strategy)
         return scorer.prepare(self.dataset.x_val, self.dataset.y_val, self.dataset.x_train)
 
     @property
@@ -158,19 +176,41 @@ class SearchRun:
         return io_utils.join(self.model_dir, "candidates.jsonl")
 
     def score(self) -> List[Dict[str, Any]]:
+        """Score candidates with the trained proxy (a keras-tuner search).
+
+        Under a multi-worker strategy every worker runs the same search (the
+        scorer splits each pass's candidates over all replicas and gathers
+        the results, so every worker sees every score); only the chief
+        writes DIR/tuner and candidates.jsonl, the others a temporary copy
+        that starts from the chief's state, so all resume in step."""
         self.restore_proxy()
-        store = CandidateStore(self.candidates_path)
+        root = distribute.write_dir(self.model_dir, self.strategy)
+        if not self.chief:
+            self._copy_search_state(root)
+        store = CandidateStore(io_utils.join(root, "candidates.jsonl"))
         scorer = self.make_scorer()
         t0 = time.time()
         before = len(store.records)
-        self.make_tuner(scorer, store).search(verbose=1 if self.verbose else 0)
+        try:
+            self.make_tuner(scorer, store, root).search(verbose=1 if self.verbose else 0)
+        finally:
+            distribute.remove_write_dir(self.model_dir, self.strategy)
         records = store.records
         logging.info("scored %d candidates in %.1fs (%d traces)", len(records) - before,
                      time.time() - t0, scorer.trace_count)
-        self._score_summaries(records)
+        if self.chief:
+            self._score_summaries(records)
         return records
 
-    def make_tuner(self, scorer: CandidateScorer, store: CandidateStore):
+    def _copy_search_state(self, root: str):
+        for name in ("candidates.jsonl", "tuner"):
+            src, dst = io_utils.join(self.model_dir, name), io_utils.join(root, name)
+            if tf.io.gfile.exists(dst):
+                io_utils.remove(dst)
+            if tf.io.gfile.exists(src):
+                io_utils.copy(src, dst)
+
+    def make_tuner(self, scorer: CandidateScorer, store: CandidateStore, root: Optional[str] = None):
         """The keras-tuner search of ``--search`` (project in DIR/tuner).
 
         Random search proposes ``candidates()``, in that order.  Refinement keeps SMASH's proportions (500 random, 100 perturbations of
@@ -194,9 +234,10 @@ class SearchRun:
         hypermodel = tuner_lib.ArchitectureHyperModel(
             self.space, input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
             mean=mean, std=std, bn_momentum=c.bn_momentum)
+        root = root or self.model_dir
         return tuner_lib.ProxyTuner(oracle, hypermodel, scorer=scorer, store=store, method=c.method,
-                                    summary_dir=io_utils.join(self.model_dir, "score", "tuner"),
-                                    directory=self.model_dir, project_name="tuner", overwrite=False)
+                                    summary_dir=io_utils.join(root, "score", "tuner") if self.chief else None,
+                                    directory=root, project_name="tuner", overwrite=False)
 
     def _score_summaries(self, records):
         writer = tf.summary.create_file_writer(io_utils.join(self.model_dir, "score"))
@@ -233,12 +274,13 @@ class SearchRun:
                 self._train_config(c.retrain_steps, c.retrain_batch_size, c.retrain_learning_rate,
                                    seed_offset=rank),
                 filters=c.retrain_filters or None, bn_momentum=c.bn_momentum,
-                weight_decay=c.retrain_weight_decay, strategy=self.strategy,
+                weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
                 extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
                                "proxy_kl": rec.get("kl"), "ranking": c.ranking})
             results.append({"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
                             "test_accuracy": metrics["test_accuracy"], "params": metrics["params"]})
-        io_utils.write_json(io_utils.join(self.model_dir, "results.json"), {"winners": results})
+        if self.chief:
+            io_utils.write_json(io_utils.join(self.model_dir, "results.json"), {"winners": results})
         return results
 
     def run(self) -> List[Dict[str, Any]]:

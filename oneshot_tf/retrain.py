@@ -29,9 +29,9 @@ class StandaloneTask(TrainTask):
             self._kernels = [w for w in self.model.trainable_weights
                              if "kernel" in w.path.split("/")[-1]]
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
-        del progress, seed
-        logits = self.model(images, training=True)
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
+        del progress, seed, replica_id
+        logits = tf.cast(self.model(images, training=True), tf.float32)
         labels = tf.cast(labels, tf.int32)
         ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         ce = ce / global_batch_size
@@ -59,18 +59,21 @@ def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_si
 
 def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, filters: Optional[int] = None,
                        bn_momentum: float = 0.9, weight_decay: float = 1e-4, strategy=None,
-                       extra_metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                       extra_metrics: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
     """Train ``arch`` from scratch, evaluate on the test split, export.
 
     Leaves in ``out_dir``: ``architecture.json``, ``ckpt/`` (resumable),
     ``metrics.json`` and ``saved_model/``.  A finished directory (metrics and
-    SavedModel present) is left as it is and its metrics returned.
+    SavedModel present) is left as it is and its metrics returned.  With
+    ``write=False`` (a non-chief worker) it trains in step with the others
+    but writes nothing in ``out_dir``.
     """
     metrics_path = io_utils.join(out_dir, "metrics.json")
     export_path = io_utils.join(out_dir, "saved_model")
     if tf.io.gfile.exists(metrics_path) and tf.io.gfile.exists(export_path):
         return io_utils.read_json(metrics_path)
-    io_utils.write_json(io_utils.join(out_dir, "architecture.json"), space.to_json(arch))
+    if write:
+        io_utils.write_json(io_utils.join(out_dir, "architecture.json"), space.to_json(arch))
     target = space if filters is None else type(space).from_config({**space.get_config(), "filters": filters})
     mean, std = dataset.channel_stats()
     shape, classes = dataset.image_shape, dataset.num_classes
@@ -82,7 +85,7 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     task = StandaloneTask(build, weight_decay=weight_decay)
     t0 = time.time()
     last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),
-                 strategy=strategy, summary_dir=io_utils.join(out_dir, "train"),
+                 strategy=strategy, summary_dir=io_utils.join(out_dir, "train") if write else None,
                  description=f"retrain {out_dir}")
     train_seconds = time.time() - t0
     model = task.model
@@ -96,6 +99,8 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
         "train_steps": cfg.steps, "train_seconds": round(train_seconds, 1),
         **(extra_metrics or {}),
     }
+    if not write:
+        return metrics
     export_saved_model(model, export_path)
     io_utils.write_json(metrics_path, metrics)
     logging.info("%s: test accuracy %.4f", out_dir, metrics["test_accuracy"])

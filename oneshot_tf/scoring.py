@@ -39,15 +39,42 @@ class CandidateScorer:
     over examples (lower is better).
     """
 
-    def __init__(self, proxy: Proxy, cfg: ScoreConfig):
+    def __init__(self, proxy: Proxy, cfg: ScoreConfig, strategy: Optional[tf.distribute.Strategy] = None):
         self.proxy = proxy
         self.cfg = cfg
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if cfg.candidates_per_pass % replicas:
+            raise ValueError(f"candidates_per_pass {cfg.candidates_per_pass} does not split over "
+                             f"{replicas} replicas; use a multiple of {replicas}")
         self.trace_count = 0
-        self._forward = tf.function(self._forward_impl, jit_compile=cfg.jit_compile)
+        # XLA compiles the per-replica forward pass (static shapes throughout).
+        self._replica_forward = (tf.function(self._forward_impl, jit_compile=True) if cfg.jit_compile
+                                 else self._forward_impl)
+        self._forward = tf.function(self._distributed_forward)
+
+    def _distributed_forward(self, images, encodings):
+        """Every replica (of every worker) evaluates ``K / replicas`` of the
+        ``K`` candidates on the same examples; the results are all-gathered,
+        so each worker holds every candidate's predictions exactly once."""
+        self.trace_count += 1  # Python side effect: runs once per trace
+        replicas = self.strategy.num_replicas_in_sync
+        per_replica = self.cfg.candidates_per_pass // replicas
+
+        def replica_fn(images, encodings):
+            if replicas > 1:
+                first = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+                first = first * per_replica
+                encodings = {name: tf.slice(v, [first] + [0] * (len(v.shape) - 1),
+                                            [per_replica] + list(v.shape[1:]))
+                             for name, v in encodings.items()}
+            return self._replica_forward(images, encodings)
+
+        out = self.strategy.run(replica_fn, args=(images, encodings))
+        return self.strategy.gather(out, axis=0)
 
     def _forward_impl(self, images, encodings):
-        self.trace_count += 1  # Python side effect: runs once per trace
-        k = encodings["input_mask"].shape[0]
+        k = next(iter(encodings.values())).shape[0]  # candidates in this pass
         tiled = tf.tile(images, [k] + [1] * (len(images.shape) - 1))
         logits = self.proxy.candidate_logits(tiled, encodings)
         logits = tf.reshape(logits, [k, images.shape[0], -1])

@@ -14,6 +14,8 @@ import abc
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -23,10 +25,44 @@ import tensorflow as tf
 from absl import logging
 
 from oneshot_tf import data as data_lib
+from oneshot_tf import distribute
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingPreempted(RuntimeError):
+    """SIGTERM (preemption) arrived; a checkpoint of the current step was
+    written and the run can be resumed by running the same command."""
+
+    exit_code = 42  # the restart code of tf.distribute's preemption handling
+
+
+class _StepCheckpointManager(tf.train.CheckpointManager):
+    """Names checkpoints by training step, also when tf.distribute's
+    preemption handler saves (it calls ``save()`` without a number)."""
+
+    def __init__(self, checkpoint, directory, *, step: tf.Variable, **kwargs):
+        super().__init__(checkpoint, directory, **kwargs)
+        self._step = step
+
+    def save(self, checkpoint_number=None, **kwargs):
+        if checkpoint_number is None:
+            checkpoint_number = int(self._step.numpy())
+        return super().save(checkpoint_number=checkpoint_number, **kwargs)
+
+
+def checkpoint_step(model_dir: str) -> int:
+    """Training steps done by the last checkpoint in ``model_dir`` (0: none)."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest is None:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    for key in reader.get_variable_to_shape_map():
+        if key.startswith("optimizer/") and "iterations" in key and key.endswith("VARIABLE_VALUE"):
+            return int(reader.get_tensor(key))
+    return int(latest.rsplit("-", 1)[1])
 
 
 class TrainTask(abc.ABC):
@@ -51,13 +87,16 @@ class TrainTask(abc.ABC):
         return {"model": self.model}
 
     @abc.abstractmethod
-    def loss(self, images, labels, *, progress, seed, global_batch_size: int,
-             num_replicas: int) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    def loss(self, images, labels, *, progress, seed, global_batch_size: int, num_replicas: int,
+             replica_id=0) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
         """Per-replica loss to differentiate and metrics to sum over replicas.
 
         ``progress`` is the float step/total_steps in [0, 1]; ``seed`` a
-        ``[2]`` int32 tensor unique to this step and replica (for stateless
-        RNG, so randomness is reproducible and resumes with the step).
+        ``[2]`` int32 tensor unique to this step and shared by all replicas
+        (for stateless RNG, so randomness is reproducible and resumes with the
+        step); ``replica_id`` (int or scalar tensor) says which slice of the
+        global batch ``images`` is, so per-example randomness can be drawn for
+        the global batch and sliced, the same under any number of replicas.
         Example-level terms are divided by ``global_batch_size`` and
         replica-level terms (weight decay) by ``num_replicas``, so summing
         over replicas gives the global value.
@@ -86,13 +125,18 @@ class TrainConfig:
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    """SGD (Nesterov) with cosine decay; wrapped in dynamic loss scaling when
+    the global Keras policy is ``mixed_float16``."""
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(cfg.steps, 1))
     elif cfg.lr_schedule == "constant":
         lr = cfg.learning_rate
     else:
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (cosine or constant)")
-    return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def current_lr(optimizer) -> float:
@@ -118,11 +162,49 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         variables = task.trainable_variables
         optimizer.build(variables)
     ckpt = tf.train.Checkpoint(optimizer=optimizer, **task.checkpoint_objects())
-    tf.io.gfile.makedirs(model_dir)
-    manager = tf.train.CheckpointManager(ckpt, model_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("%s: resumed from %s", description, manager.latest_checkpoint)
+    # Only the chief keeps checkpoints in model_dir; every worker saves (the
+    # values are collected collectively), the others into a temporary dir.
+    chief = distribute.is_chief(strategy)
+    save_dir = distribute.write_dir(model_dir, strategy)
+    tf.io.gfile.makedirs(save_dir)
+    manager = _StepCheckpointManager(ckpt, save_dir, max_to_keep=2, step=optimizer.iterations)
+    previous_sigterm = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+    preemption = None
+    if previous_sigterm is not None:
+        # tf.distribute's preemption handling: on SIGTERM (any worker), all
+        # workers save a checkpoint at the same step, then TrainingPreempted.
+        preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+            distribute.cluster_resolver(strategy), manager,
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=_preempted(description, model_dir, optimizer.iterations)))
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+        logging.info("%s: resumed from %s", description, latest)
+    try:
+        return _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemption,
+                           model_dir, summary_dir if chief else None, description)
+    finally:
+        if previous_sigterm is not None:
+            del preemption
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        distribute.remove_write_dir(model_dir, strategy)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _preempted(description, model_dir, step):
+    def exit_fn():
+        raise TrainingPreempted(f"{description}: preempted (SIGTERM) at step {int(step.numpy())}; a checkpoint "
+                                f"of that step is in {model_dir}; run the same command again to resume")
+    return exit_fn
+
+
+def _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemption, model_dir,
+                summary_dir, description):
+    replicas = strategy.num_replicas_in_sync
     start = int(optimizer.iterations.numpy())
     if start >= cfg.steps:
         return {}
@@ -133,18 +215,28 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     total = float(cfg.steps)
 
+    per_replica_batch = cfg.batch_size // replicas
+
     def replica_step(images, labels):
         ctx = tf.distribute.get_replica_context()
+        # Static per-replica shapes (multi-worker input rebatching hides them;
+        # XLA/TPU and the ghost-batch split need them).
+        images = tf.ensure_shape(images, [per_replica_batch] + list(images.shape[1:]))
+        labels = tf.ensure_shape(labels, [per_replica_batch] + list(labels.shape[1:]))
         step = optimizer.iterations
         progress = tf.minimum(tf.cast(step, tf.float32) / total, 1.0)
-        seed = tf.stack([tf.cast(cfg.seed, tf.int64) * 1000003 + tf.cast(ctx.replica_id_in_sync_group, tf.int64),
-                         tf.cast(step, tf.int64)])
+        # One seed per step for all replicas: tasks draw randomness for the
+        # global batch and take their replica's slice (same under any split).
+        seed = tf.stack([tf.constant(cfg.seed % (2 ** 31 - 1), tf.int64), tf.cast(step, tf.int64)])
         seed = tf.cast(seed % (2 ** 31 - 1), tf.int32)
         with tf.GradientTape() as tape:
             loss, metrics = task.loss(images, labels, progress=progress, seed=seed,
-                                      global_batch_size=cfg.batch_size, num_replicas=replicas)
+                                      global_batch_size=cfg.batch_size, num_replicas=replicas,
+                                      replica_id=ctx.replica_id_in_sync_group)
+            loss = tf.cast(loss, tf.float32)
+            scaled = optimizer.scale_loss(loss)
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                 for g in tape.gradient(loss, variables)]
+                 for g in tape.gradient(scaled, variables)]
         optimizer.apply_gradients(zip(grads, variables))
         return {"loss": loss, **metrics}
 
@@ -165,7 +257,7 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
     metrics: Dict[str, float] = {}
     t0, n0 = time.time(), start
     for step in range(start + 1, cfg.steps + 1):
-        out = train_step(iterator)
+        out = preemption.run(train_step, iterator) if preemption is not None else train_step(iterator)
         metrics = {k: float(v) for k, v in out.items()}
         if not math.isfinite(metrics["loss"]):
             raise _diverged(description, f"loss became {metrics['loss']}", step, last_saved, model_dir)

@@ -1,9 +1,35 @@
-"""Strategy selection by name."""
+"""tf.distribute: strategy selection, mirrored == one device (loss, gradients,
+path decisions), checkpoints across replica counts, scoring split over
+replicas.  MirroredStrategy runs on two logical CPUs (tests/conftest.py)."""
 
+import functools
+import json
+
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from oneshot_tf import distribute
+from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.distribute import STRATEGIES, get_distribution_strategy
+from oneshot_tf.oneshot import OneShotProxy, sample_path_masks
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
+from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
+from oneshot_tf.tuner import ArchitectureHyperModel, ProxyTuner, RandomArchitectureOracle
+
+SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
+TRAIN_SPACE = CellSearchSpace(num_cells=1, num_stages=1, filters=4, num_blocks=2)  # compiles fast
+SHAPE = (8, 8, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _two_cpus():
+    """One MirroredStrategy for the session (separate instances in one
+    process would reuse collective instance keys)."""
+    cpus = tf.config.list_logical_devices("CPU")
+    assert len(cpus) >= 2, "tests/conftest.py configures two logical CPUs"
+    return tf.distribute.MirroredStrategy([cpus[0].name, cpus[1].name])
 
 
 def test_default_and_one_device_and_mirrored():
@@ -12,9 +38,170 @@ def test_default_and_one_device_and_mirrored():
     assert isinstance(one, tf.distribute.OneDeviceStrategy) and one.num_replicas_in_sync == 1
     mirrored = get_distribution_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
-    assert mirrored.num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))
+    # all local GPUs, else all local (here: two logical) CPUs
+    assert mirrored.num_replicas_in_sync == (len(tf.config.list_logical_devices("GPU"))
+                                             or len(tf.config.list_logical_devices("CPU")))
+    for strategy in (tf.distribute.get_strategy(), one, mirrored):
+        assert distribute.is_chief(strategy)
+        assert distribute.write_dir("gs://b/run/proxy", strategy) == "gs://b/run/proxy"
+    assert distribute.default_jit_compile(one) is False
 
 
 def test_unknown_strategy_names_the_choices():
     with pytest.raises(ValueError, match="unknown strategy 'horovod'; choose from " + ", ".join(STRATEGIES)):
         get_distribution_strategy("horovod")
+
+
+def test_chief_and_worker_dirs_from_the_cluster(monkeypatch):
+    class Resolver:
+        def __init__(self, task_type, task_id, spec):
+            self.task_type, self.task_id, self._spec = task_type, task_id, spec
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec(self._spec)
+
+    workers = {"worker": ["localhost:1", "localhost:2"]}
+    with_chief = {"chief": ["localhost:0"], **workers}
+
+    def strategy(resolver):
+        s = tf.distribute.get_strategy()
+        return type("S", (), {"cluster_resolver": resolver, "num_replicas_in_sync": 1})()
+
+    assert distribute.is_chief(strategy(Resolver("worker", 0, workers)))
+    assert not distribute.is_chief(strategy(Resolver("worker", 1, workers)))
+    assert distribute.is_chief(strategy(Resolver("chief", 0, with_chief)))
+    assert not distribute.is_chief(strategy(Resolver("worker", 0, with_chief)))
+    w1 = strategy(Resolver("worker", 1, workers))
+    assert distribute.write_dir("/r/run/proxy", w1) == "/r/run/.workertemp_worker_1/proxy"
+    assert distribute.write_dir("/r/run/proxy", strategy(Resolver("worker", 0, workers))) == "/r/run/proxy"
+
+
+def test_path_masks_are_the_same_under_any_replica_split():
+    seed = tf.constant([4, 17], tf.int32)
+    whole = [m.numpy() for m in sample_path_masks(SPACE, 4, 0.7, 0.1, seed)]
+    for replicas, per in ((2, 2), (4, 1)):
+        parts = [[m.numpy() for m in sample_path_masks(SPACE, per, 0.7, 0.1, seed, replica_id=r,
+                                                       num_replicas=replicas)] for r in range(replicas)]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    assert whole[0].min() == 0.0 or whole[1].min() == 0.0  # progress 0.7 drops some paths
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n,) + SHAPE).astype(np.uint8), rng.integers(0, 10, n)
+
+
+def _proxy(space=TRAIN_SPACE):
+    return OneShotProxy(space, input_shape=SHAPE, num_classes=10, ghost_batch_size=8, drop_rate=0.1)
+
+
+def _weights(proxy):
+    return {v.path: v.numpy() for v in proxy.model.weights}
+
+
+def _run(strategy, model_dir, steps, *, init=None, lr=0.05):
+    """Train a fresh proxy for ``steps`` steps (constant lr); the initial
+    weights are ``init`` (a dict by path) or the seeded initialization."""
+    keras.utils.set_random_seed(0)
+    proxy = _proxy()
+    with strategy.scope():
+        proxy.build()
+    if init is not None:
+        for v in proxy.model.weights:
+            v.assign(init[v.path])
+    cfg = TrainConfig(steps=steps, batch_size=32, learning_rate=lr, lr_schedule="constant", augment=True,
+                      seed=5, checkpoint_every=2, log_every=1, verbose=False)
+    x, y = _data()
+    metrics = train(proxy, x, y, cfg, str(model_dir), strategy=strategy)
+    return proxy, metrics
+
+
+def test_mirrored_two_replicas_equal_one_device(tmp_path):
+    """Same data, same masks (drawn for the global batch), same loss and
+    gradients: after one step the weights moved by the same gradient, after
+    three the trajectories still agree."""
+    keras.utils.set_random_seed(0)
+    init_proxy = _proxy()
+    init_proxy.build()
+    init = _weights(init_proxy)
+    lr, momentum = 0.05, 0.9
+    one, m_one = _run(tf.distribute.get_strategy(), tmp_path / "one", 1, init=init, lr=lr)
+    two, m_two = _run(_two_cpus(), tmp_path / "two", 1, init=init, lr=lr)
+    assert m_two["loss"] == pytest.approx(m_one["loss"], rel=1e-5)
+    assert m_two["cross_entropy"] == pytest.approx(m_one["cross_entropy"], rel=1e-5)
+    assert m_two["l2"] == pytest.approx(m_one["l2"], rel=1e-5)
+    w_one, w_two = _weights(one), _weights(two)
+    moved = 0
+    for path, w0 in init.items():
+        if "moving" in path:
+            continue
+        # first Nesterov SGD step: w1 = w0 - (1 + momentum) * lr * grad
+        g_one = (w0 - w_one[path]) / ((1 + momentum) * lr)
+        g_two = (w0 - w_two[path]) / ((1 + momentum) * lr)
+        np.testing.assert_allclose(g_two, g_one, rtol=1e-3, atol=1e-5, err_msg=path)
+        moved += int(np.abs(g_one).max() > 0)
+    assert moved > 10  # the comparison is not vacuous
+
+    one3, m_one3 = _run(tf.distribute.get_strategy(), tmp_path / "one3", 3, init=init, lr=lr)
+    two3, m_two3 = _run(_two_cpus(), tmp_path / "two3", 3, init=init, lr=lr)
+    assert m_two3["loss"] == pytest.approx(m_one3["loss"], rel=1e-4)
+    assert m_two3["paths_kept"] == pytest.approx(m_one3["paths_kept"], rel=1e-6)
+    assert m_one3["paths_kept"] < 1.0  # path dropout was active at step 3
+    for path, w in _weights(one3).items():
+        np.testing.assert_allclose(_weights(two3)[path], w, rtol=1e-3, atol=1e-5, err_msg=path)
+
+
+def test_checkpoint_from_two_replicas_restores_on_one(tmp_path):
+    keras.utils.set_random_seed(0)
+    init_proxy = _proxy()
+    init_proxy.build()
+    init = _weights(init_proxy)
+    two, _ = _run(_two_cpus(), tmp_path / "run", 2, init=init)
+    assert checkpoint_step(str(tmp_path / "run")) == 2
+    # restore for inference on the default strategy
+    keras.utils.set_random_seed(1)
+    fresh = _proxy()
+    fresh.build()
+    restore_latest(str(tmp_path / "run"), **fresh.checkpoint_objects())
+    for path, w in _weights(two).items():
+        np.testing.assert_array_equal(_weights(fresh)[path], w)
+    # resume training on one device (to 4 steps) = the same with the first
+    # 2 steps also on one device (the lr/dropout schedules depend on the
+    # total steps, so the reference is interrupted at the same step)
+    resumed, m_resumed = _run(tf.distribute.get_strategy(), tmp_path / "run", 4, init=init)
+    _run(tf.distribute.get_strategy(), tmp_path / "ref", 2, init=init)
+    ref, m_ref = _run(tf.distribute.get_strategy(), tmp_path / "ref", 4, init=init)
+    assert checkpoint_step(str(tmp_path / "run")) == 4
+    assert m_resumed["loss"] == pytest.approx(m_ref["loss"], rel=1e-4)
+    for path, w in _weights(ref).items():
+        np.testing.assert_allclose(_weights(resumed)[path], w, rtol=1e-3, atol=1e-5, err_msg=path)
+
+
+def _search(strategy, directory, k=4, n=10):
+    keras.utils.set_random_seed(0)
+    proxy = _proxy(SPACE)
+    with strategy.scope():
+        proxy.build()
+    x, y = _data(32, seed=1)
+    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=8, kl_examples=16,
+                                                verbose=False), strategy=strategy).prepare(x, y, x)
+    tuner = ProxyTuner(RandomArchitectureOracle(SPACE, max_trials=n, seed=2),
+                       ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10), scorer=scorer,
+                       store=CandidateStore(str(directory / "candidates.jsonl")),
+                       directory=str(directory), project_name="tuner")
+    tuner.search(verbose=0)
+    with open(directory / "candidates.jsonl") as f:
+        return [json.loads(line) for line in f], scorer
+
+
+def test_scoring_split_across_replicas_loses_and_duplicates_nothing(tmp_path):
+    one, _ = _search(tf.distribute.get_strategy(), tmp_path / "one")
+    two, scorer = _search(_two_cpus(), tmp_path / "two")
+    assert scorer.trace_count == 1
+    assert len(two) == 10 == len({r["id"] for r in two})
+    assert [r["id"] for r in two] == [r["id"] for r in one]
+    for a, b in zip(one, two):
+        assert b["score"] == pytest.approx(a["score"]) and b["kl"] == pytest.approx(a["kl"], rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="candidates_per_pass 3 does not split over 2 replicas"):
+        _search(_two_cpus(), tmp_path / "three", k=3)

@@ -90,7 +90,7 @@ def test_cli_run_writes_the_resolved_config(e2e):
     cfg = io_utils.read_json(str(e2e / "config.json"))
     flags = cfg["flags"]
     assert set(flags) == {f.name for f in dataclasses.fields(config_lib.RunConfig)}
-    assert flags == config_lib.resolve("tiny", {}).to_dict()
+    assert flags == {**config_lib.resolve("tiny", {}).to_dict(), "jit_compile": False}  # resolved for CPU
     assert flags["preset"] == "tiny" and flags["filters"] == 4 and flags["train_steps"] == 6
     space = _tiny_space()
     assert cfg["search_space"] == space.get_config()

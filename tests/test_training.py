@@ -39,7 +39,7 @@ class ScalarTask(TrainTask):
             self.model = keras.Sequential(
                 [keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
         del seed, labels
         w = self.model.trainable_variables[0][0, 0]
         scale = tf.constant(1.0)
@@ -199,7 +199,7 @@ class PoisonedGradientTask(ScalarTask):
         self.poison_step = poison_step
         self.total_steps = total_steps
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
         w = self.model.trainable_variables[0][0, 0]
         step = tf.round(progress * self.total_steps) + 1.0
         poisoned = tf.equal(step, float(self.poison_step))
@@ -358,7 +358,7 @@ class LabelTask(ScalarTask):
 
     die_after = None
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas):
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
         w = self.model.trainable_variables[0][0, 0]
         mean_label = tf.reduce_sum(tf.cast(labels, tf.float32)) / global_batch_size
         mean_label += 0.0 * tf.reduce_sum(tf.cast(images, tf.float32))

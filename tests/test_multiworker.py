@@ -1,0 +1,65 @@
+"""MultiWorkerMirroredStrategy with two local worker processes on 127.0.0.1:
+the whole pipeline runs, both workers end with the same weights, only the
+chief writes the artifacts, and every candidate is scored exactly once."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_run_the_pipeline(tmp_path):
+    model_dir = tmp_path / "run"
+    ports = ",".join(str(p) for p in _free_ports(2))
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    flags = ["ghost_batch_size=8", "train_steps=4", "num_candidates=6", "candidates_per_pass=2", "num_winners=1", "retrain_steps=2"]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "multiworker_run.py"), str(i), ports,
+                               str(model_dir), str(tmp_path / f"worker{i}.npz"), *flags],
+                              cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=500)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("multi-worker run timed out")
+    for i, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"worker {i} failed:\n{out[-4000:]}"
+
+    w0, w1 = (np.load(tmp_path / f"worker{i}.npz", allow_pickle=False) for i in range(2))
+    assert int(w0["num_replicas"]) == 2
+    keys = [k for k in w0.files if k.startswith("w/")]
+    assert len(keys) > 50
+    for k in keys:
+        np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
+    assert json.loads(str(w0["results"])) == json.loads(str(w1["results"]))
+
+    # Only the chief (worker 0) wrote artifacts; no worker temp dirs remain.
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert ".workertemp_worker_1" not in names and not any(n.startswith(".workertemp") for n in names), names
+    assert {"config.json", "candidates.jsonl", "proxy", "tuner", "winners", "results.json"} <= set(names)
+    lines = [json.loads(l) for l in open(model_dir / "candidates.jsonl")]
+    assert len(lines) == 6 == len({r["id"] for r in lines})
+    assert sorted(r["index"] for r in lines) == list(range(6))
+    winner = model_dir / "winners" / "1"
+    assert (winner / "saved_model").is_dir() and (winner / "metrics.json").exists()
+    assert json.loads(str(w0["results"]))[0]["id"] == json.load(open(winner / "metrics.json"))["id"]
