@@ -10,10 +10,12 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="oneshot_tf")
 class Standardize(keras.layers.Layer):
-    """Raw images (uint8, NHWC) to float32 ``(x - mean) / std`` per channel.
+    """Raw images (uint8, NHWC) to ``(x - mean) / std`` per channel.
 
     ``mean`` and ``std`` are constants of the config (in pixel units, 0..255),
     so an exported model takes images exactly as the dataset delivers them.
+    Computed in float32 and returned in the layer's compute dtype (float32,
+    or bfloat16/float16 under a mixed precision policy).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs):
@@ -23,7 +25,8 @@ class Standardize(keras.layers.Layer):
 
     def call(self, images):
         x = tf.cast(images, tf.float32)
-        return (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+        x = (x - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+        return tf.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -44,19 +47,28 @@ class GhostBatchNorm(keras.layers.Layer):
     one-shot paper), so it keeps no moving averages.  With ``num_ghost=1``
     it equals ``keras.layers.BatchNormalization(epsilon=...)`` called with
     ``training=True``.
+
+    Under a mixed precision policy it is a float32 island, like Keras'
+    BatchNormalization: ``gamma``/``beta`` are float32 variables that are
+    never autocast, statistics and normalization are computed in float32,
+    and the result is cast to the layer's compute dtype.
     """
 
     def __init__(self, epsilon: float = 1e-3, **kwargs):
+        # No autocasting: inputs are cast to float32 in ``ghost_batch_norm``
+        # and gamma/beta are read in float32 even inside a mixed model.
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
 
     def build(self, input_shape):
         c = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros", autocast=False)
 
     def call(self, x, num_ghost=1, ghost_size=None):
-        return ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon, ghost_size=ghost_size)
+        y = ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon, ghost_size=ghost_size)
+        return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -70,25 +82,30 @@ def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float, ghost_size=None)
 
     ``num_ghost`` is a Python int (fused kernels) or a tensor; a tensor count
     may be 0 (an empty batch) when ``ghost_size`` (a Python int) is given.
+    Statistics and normalization are computed in float32 whatever the dtype
+    of ``x`` (bfloat16/float16 under mixed precision); the result has the
+    dtype of ``x``.
     """
+    dtype = x.dtype
+    x = tf.cast(x, tf.float32)
     gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
     if isinstance(num_ghost, int) and ghost_size is None and len(x.shape) == 4:
         # A static number of ghost batches: fused kernels, one per ghost batch.
         parts = tf.split(x, num_ghost) if num_ghost > 1 else [x]
         outs = [tf.compat.v1.nn.fused_batch_norm(p, gamma, beta, epsilon=epsilon, is_training=True)[0]
                 for p in parts]
-        return outs[0] if num_ghost == 1 else tf.concat(outs, 0)
+        return tf.cast(outs[0] if num_ghost == 1 else tf.concat(outs, 0), dtype)
     # A dynamic number (a gathered subset of ghost batches): moments.
     shape = tf.shape(x)
     lead = [-1, ghost_size] if ghost_size is not None else [num_ghost, -1]
     xg = tf.reshape(x, tf.concat([lead, shape[1:]], 0))
     axes = list(range(1, len(x.shape)))
     mean, var = tf.nn.moments(xg, axes=axes, keepdims=True)
-    scale = tf.math.rsqrt(var + epsilon) * tf.cast(gamma, x.dtype)
-    offset = tf.cast(beta, x.dtype) - mean * scale
+    scale = tf.math.rsqrt(var + epsilon) * gamma
+    offset = beta - mean * scale
     y = tf.reshape(xg * scale + offset, shape)
     y.set_shape(x.shape)
-    return y
+    return tf.cast(y, dtype)
 
 
 def conv_init():

@@ -28,6 +28,12 @@ def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, in
     Takes uint8 NHWC images, returns logits.  BN is ordinary (running
     statistics at inference); ``bn_momentum`` should suit the number of
     training steps (0.99 needs thousands of steps).
+
+    Under the global mixed precision policy (``oneshot_tf.precision``) at
+    construction time, convolutions compute in bfloat16/float16 with float32
+    variables; Keras' BatchNormalization keeps its statistics and
+    normalization in float32, and the head (pooling, logits) is float32, so
+    the model returns float32 logits.
     """
     input_shape = tuple(int(d) for d in input_shape)
     channels = input_shape[-1]
@@ -78,9 +84,16 @@ def block_input_layers(prefix: str, filters: int, make_bn):
 
 
 def head_layers(num_classes: int, make_bn):
+    """BN-ReLU, global average pooling and the logits layer.
+
+    The pooling and the dense layer always compute in float32 (a float32
+    island under a mixed precision policy, as Keras advises for the last
+    layer), so the logits, and the softmax/losses computed from them, are
+    float32.
+    """
     return [make_bn("head_bn"), keras.layers.ReLU(name="head_relu"),
-            keras.layers.GlobalAveragePooling2D(name="head_pool"),
-            keras.layers.Dense(num_classes, name="logits")]
+            keras.layers.GlobalAveragePooling2D(name="head_pool", dtype="float32"),
+            keras.layers.Dense(num_classes, name="logits", dtype="float32")]
 
 
 def transfer_oneshot_weights(oneshot, standalone: keras.Model, arch: CellArchitecture) -> int:

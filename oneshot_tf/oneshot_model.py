@@ -22,6 +22,14 @@ step, no control flow), so scoring a candidate costs about as much as its
 own network and a training step gets cheaper as path dropout grows.  With
 ``static_shapes=True`` (for XLA/TPU) shapes stay static and ``tf.cond`` skips
 an op or input only when no ghost batch keeps it.  Masks are 0/1.
+
+Mixed precision: built under a mixed global policy (``oneshot_tf.precision``),
+convolutions compute in bfloat16/float16 with float32 variables.  Float32
+islands: ``Standardize`` (cast back to the compute dtype), every ghost batch
+norm (statistics and normalization; gamma/beta never autocast), the head's
+pooling and logits layer (the model returns float32 logits), the masks (cast
+to the activation dtype where they multiply), and ``path_squared_norms`` /
+``masked_l2``.
 """
 
 from __future__ import annotations
@@ -146,8 +154,10 @@ class OneShotModel(keras.Model):
     # -- forward -----------------------------------------------------------
     def call(self, inputs, training=False):
         images = inputs["images"]
-        input_mask = tf.convert_to_tensor(inputs["input_mask"], tf.float32)
-        op_mask = tf.convert_to_tensor(inputs["op_mask"], tf.float32)
+        # Masks stay float32 (Keras may have autocast them to the compute
+        # dtype on the way in; 0/1 are exact) and are cast where multiplied.
+        input_mask = tf.cast(inputs["input_mask"], tf.float32)
+        op_mask = tf.cast(inputs["op_mask"], tf.float32)
         num_ghost = int(input_mask.shape[0])
         x = self.standardize(images)
         values: List[tf.Tensor] = []
@@ -171,7 +181,7 @@ class OneShotModel(keras.Model):
                 values.append(tf.concat(cands[2:], axis=-1))
                 cell += 1
             else:
-                return self._run(names, values[node.deps[0]], num_ghost)
+                return tf.cast(self._run(names, values[node.deps[0]], num_ghost), tf.float32)
 
     def _block_input_parts(self, cands, names, mask, sizes, num_ghost, concat=False):
         """BN-ReLU-1x1 conv over the concatenated candidate inputs, input ``j``
@@ -186,7 +196,11 @@ class OneShotModel(keras.Model):
 
         def concatenated():
             x = tf.concat(cands, axis=-1)
-            ch_mask = tf.repeat(mask, sizes, axis=1)
+            # channel c of the concatenation belongs to input owner[c]; a
+            # gather with constant indices keeps shapes static (XLA, also in
+            # the gradient of a tf.cond branch, where tf.repeat's is not).
+            owner = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+            ch_mask = tf.gather(mask, owner, axis=1)
             return conv(mask_ghost(relu(bn(x, num_ghost=num_ghost)), ch_mask, num_ghost))
 
         if not self.skip_inactive or concat:
@@ -195,7 +209,7 @@ class OneShotModel(keras.Model):
             shape = cands[0].shape[:-1].concatenate([sum(sizes)])
             bn.build(shape)
             conv.build(shape)
-        kernel = tf.convert_to_tensor(conv.kernel)
+        kernel = tf.cast(conv.kernel, cands[0].dtype)  # the conv's compute dtype
         out_shape = cands[0].shape[:-1].concatenate([conv.filters])
         total = None
         start = 0
@@ -271,7 +285,8 @@ class OneShotModel(keras.Model):
         input 1x1 convolutions, split by the input whose channels a kernel
         row reads; ``[num_blocks, num_ops]`` for the ops' kernels.  Each is
         summed over all cells (every cell shares the architecture).
-        BN parameters and biases are not regularized.
+        BN parameters and biases are not regularized.  All float32 (the
+        variables are float32 under every precision policy).
         """
         nb, no, mi = self.space.num_blocks, len(self.space.ops), self.space.max_inputs
         always = tf.constant(0.0)
@@ -282,10 +297,10 @@ class OneShotModel(keras.Model):
             if node.kind != "cell":
                 for n in names:
                     for k in _kernels(self.layers_by_name[n]):
-                        always += tf.reduce_sum(tf.square(k))
+                        always += tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
                 continue
             for i, (inp_names, op_names) in enumerate(names):
-                kernel = self.layers_by_name[inp_names[2]].kernel
+                kernel = tf.cast(self.layers_by_name[inp_names[2]].kernel, tf.float32)
                 per_channel = tf.reduce_sum(tf.square(kernel), axis=[0, 1, 3])
                 sizes = self._cand_channels[(cell, i)]
                 seg = np.repeat(np.arange(len(sizes)), sizes)
@@ -295,7 +310,7 @@ class OneShotModel(keras.Model):
                 for o, layer_names in enumerate(op_names):
                     for n in layer_names:
                         for k in _kernels(self.layers_by_name[n]):
-                            ops[i][o] += tf.reduce_sum(tf.square(k))
+                            ops[i][o] += tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
             cell += 1
         return always, tf.stack([tf.stack(r) for r in inp]), tf.stack([tf.stack(r) for r in ops])
 

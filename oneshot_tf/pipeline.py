@@ -28,6 +28,7 @@ from oneshot_tf import data as data_lib
 from oneshot_tf import distribute
 from oneshot_tf import io_utils
 from oneshot_tf import plots
+from oneshot_tf import precision
 from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.oneshot import OneShotProxy
 from oneshot_tf.proxy import Proxy
@@ -101,6 +102,7 @@ class SearchRun:
         self.chief = distribute.is_chief(self.strategy)
         self.verbose = verbose and self.chief
         keras.utils.set_random_seed(cfg.seed)
+        precision.set_precision(cfg.precision)  # models built from here on use it
         self.dataset = load_data(cfg)
         self.space, self.proxy = METHODS[cfg.method](cfg, self.dataset)
         self._write_config()
