@@ -59,9 +59,9 @@ def checkpoint_step(model_dir: str) -> int:
     if latest is None:
         return 0
     reader = tf.train.load_checkpoint(latest)
-    for key in reader.get_variable_to_shape_map():
-        if key.startswith("optimizer/") and "iterations" in key and key.endswith("VARIABLE_VALUE"):
-            return int(reader.get_tensor(key))
+    key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+    if reader.has_tensor(key):
+        return int(reader.get_tensor(key))
     return int(latest.rsplit("-", 1)[1])
 
 
@@ -161,13 +161,17 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         optimizer = make_optimizer(cfg)
         variables = task.trainable_variables
         optimizer.build(variables)
-    ckpt = tf.train.Checkpoint(optimizer=optimizer, **task.checkpoint_objects())
+        # Steps taken, counted apart from optimizer.iterations, which does not
+        # advance when dynamic loss scaling skips a step (mixed_float16).
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    ckpt = tf.train.Checkpoint(optimizer=optimizer, step=step_var, **task.checkpoint_objects())
     # Only the chief keeps checkpoints in model_dir; every worker saves (the
     # values are collected collectively), the others into a temporary dir.
     chief = distribute.is_chief(strategy)
     save_dir = distribute.write_dir(model_dir, strategy)
     tf.io.gfile.makedirs(save_dir)
-    manager = _StepCheckpointManager(ckpt, save_dir, max_to_keep=2, step=optimizer.iterations)
+    manager = _StepCheckpointManager(ckpt, save_dir, max_to_keep=2, step=step_var)
     previous_sigterm = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     preemption = None
     if previous_sigterm is not None:
@@ -176,13 +180,13 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
         preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
             distribute.cluster_resolver(strategy), manager,
             termination_config=tf.distribute.experimental.TerminationConfig(
-                exit_fn=_preempted(description, model_dir, optimizer.iterations)))
+                exit_fn=_preempted(description, model_dir, step_var)))
     latest = tf.train.latest_checkpoint(model_dir)
     if latest:
         ckpt.restore(latest).assert_existing_objects_matched()
         logging.info("%s: resumed from %s", description, latest)
     try:
-        return _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemption,
+        return _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption,
                            model_dir, summary_dir if chief else None, description)
     finally:
         if previous_sigterm is not None:
@@ -202,10 +206,10 @@ def _preempted(description, model_dir, step):
     return exit_fn
 
 
-def _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemption, model_dir,
+def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption, model_dir,
                 summary_dir, description):
     replicas = strategy.num_replicas_in_sync
-    start = int(optimizer.iterations.numpy())
+    start = int(step_var.numpy())
     if start >= cfg.steps:
         return {}
 
@@ -223,7 +227,7 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemp
         # XLA/TPU and the ghost-batch split need them).
         images = tf.ensure_shape(images, [per_replica_batch] + list(images.shape[1:]))
         labels = tf.ensure_shape(labels, [per_replica_batch] + list(labels.shape[1:]))
-        step = optimizer.iterations
+        step = step_var
         progress = tf.minimum(tf.cast(step, tf.float32) / total, 1.0)
         # One seed per step for all replicas: tasks draw randomness for the
         # global batch and take their replica's slice (same under any split).
@@ -247,7 +251,10 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, variables, manager, preemp
     def train_step(it):
         images, labels = next(it)
         per_replica = strategy.run(compiled_step, args=(images, labels))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        with tf.control_dependencies(list(out.values())):
+            step_var.assign_add(1)
+        return out
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     progbar = keras.utils.Progbar(cfg.steps, verbose=1 if cfg.verbose else 0, unit_name="step")

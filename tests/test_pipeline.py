@@ -412,6 +412,8 @@ def test_rank_unknown_mode_raises():
     ({"search": "bayes"}, r"unknown --search='bayes'; choose from random, refine, evolution"),
     ({"ranking": "best"}, r"unknown ranking 'best'"),
     ({"method": "darts"}, r"unknown method 'darts'"),
+    ({"precision": "float64"}, r"unknown precision 'float64'; choose one of float32, mixed_bfloat16, mixed_float16"),
+    ({"batch_size": 48}, r"--batch_size=48 must be a multiple of replicas \(1\) x --ghost_batch_size \(32\)"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, override, message):
     model_dir = str(tmp_path / "run")

@@ -2,6 +2,8 @@
 mixed_float16 policies (float32 variables, float32 BN / standardization /
 logits) against float32 models with the same weights."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -351,3 +353,53 @@ def test_standalone_mixed_matches_float32(precision, reference):
     _copy_weights(reference, mixed_oneshot)
     masked = _call(mixed_oneshot, x, *_masks(ARCH)).numpy()
     _assert_close(masked, expected[True], precision)
+
+
+def test_mixed_float16_training_uses_loss_scaling_and_resumes(tmp_path):
+    """train() under mixed_float16: the optimizer is Keras's LossScaleOptimizer,
+    losses and metrics are finite float32, variables stay float32, and a
+    checkpoint resumes (the loss scale is part of it)."""
+    from oneshot_tf.oneshot import OneShotProxy
+    from oneshot_tf.training import TrainConfig, checkpoint_step, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32,) + SHAPE).astype(np.uint8)
+    y = rng.integers(0, CLASSES, 32)
+    cfg = TrainConfig(steps=2, batch_size=16, learning_rate=0.05, seed=1, checkpoint_every=1, log_every=1,
+                      verbose=False)
+    with precision_scope("mixed_float16"):
+        from oneshot_tf import training
+        assert isinstance(training.make_optimizer(cfg), keras.optimizers.LossScaleOptimizer)
+        proxy = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
+        metrics = train(proxy, x, y, cfg, str(tmp_path / "run"))
+        assert all(np.isfinite(v) for v in metrics.values())
+        assert {v.dtype for v in proxy.model.weights} == {"float32"}
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run")))
+        assert any("dynamic_scale" in k for k in reader.get_variable_to_shape_map())
+        again = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
+        train(again, x, y, dataclasses.replace(cfg, steps=3), str(tmp_path / "run"))
+        assert checkpoint_step(str(tmp_path / "run")) == 3
+    assert current_precision() == "float32"
+
+
+def test_pipeline_runs_in_mixed_bfloat16(tmp_path):
+    """The whole pipeline with --precision=mixed_bfloat16: the proxy trains
+    and scores, the winner retrains and its SavedModel serves float32
+    probabilities."""
+    from oneshot_tf import config as config_lib
+    from oneshot_tf.export import load_serving
+    from oneshot_tf.pipeline import SearchRun
+
+    try:
+        cfg = config_lib.resolve("tiny", {"precision": "mixed_bfloat16", "num_winners": 1, "num_cells": 1,
+                                          "num_stages": 1})
+        run = SearchRun(cfg, str(tmp_path / "run"), verbose=False)
+        results = run.run()
+        assert current_precision() == "mixed_bfloat16"
+        assert run.proxy.model.compute_dtype == "bfloat16"
+    finally:
+        set_precision("float32")
+    assert 0.0 <= results[0]["test_accuracy"] <= 1.0
+    serve = load_serving(str(tmp_path / "run" / "winners" / "1" / "saved_model"))
+    probs = serve(tf.constant(run.dataset.x_test[:5])).numpy()
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(-1), 1.0, atol=1e-3)
