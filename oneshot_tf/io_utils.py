@@ -49,8 +49,16 @@ def read_json(path: str) -> Any:
 def replace_dir(tmp_dir: str, final_dir: str) -> None:
     """Move a finished directory into place (removing an older one)."""
     if tf.io.gfile.exists(final_dir):
-        tf.io.gfile.rmtree(final_dir)
-    tf.io.gfile.rename(tmp_dir, final_dir)
+        try:
+            tf.io.gfile.rmtree(final_dir)
+        except tf.errors.NotFoundError:
+            pass  # object stores may report a prefix with nothing under it
+    try:
+        tf.io.gfile.rename(tmp_dir, final_dir)
+    except (tf.errors.AlreadyExistsError, tf.errors.UnimplementedError, tf.errors.FailedPreconditionError):
+        # File systems without directory renames: copy, then drop the temporary.
+        copy(tmp_dir, final_dir)
+        tf.io.gfile.rmtree(tmp_dir)
 
 
 def remove(path: str) -> None:
@@ -68,7 +76,8 @@ def copy(src: str, dst: str) -> None:
         tf.io.gfile.copy(src, dst, overwrite=True)
         return
     for dirpath, _, files in tf.io.gfile.walk(src):
-        target = os.path.join(dst, os.path.relpath(dirpath, src))
+        rel = os.path.relpath(dirpath, src)
+        target = dst if rel == "." else os.path.join(dst, rel)
         tf.io.gfile.makedirs(target)
         for name in files:
             tf.io.gfile.copy(os.path.join(dirpath, name), os.path.join(target, name), overwrite=True)

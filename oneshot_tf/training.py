@@ -58,7 +58,9 @@ def checkpoint_step(model_dir: str) -> int:
     latest = tf.train.latest_checkpoint(model_dir)
     if latest is None:
         return 0
-    reader = tf.train.load_checkpoint(latest)
+    # (tf.train.load_checkpoint would first ask whether ``latest`` is a
+    # directory, which some file systems answer wrongly for a prefix.)
+    reader = tf.compat.v1.train.NewCheckpointReader(latest)
     key = "step/.ATTRIBUTES/VARIABLE_VALUE"
     if reader.has_tensor(key):
         return int(reader.get_tensor(key))

@@ -257,6 +257,11 @@ class ProxyTuner(keras_tuner.Tuner):
         self.method = method
         self.summary_dir = summary_dir
 
+    def save(self):
+        """The tuner's state file, written atomically (a kill never leaves
+        half a JSON document for the next run to trip over)."""
+        io_utils.write_json(self._get_tuner_fname(), self.get_state())
+
     def _write_summaries(self, trials, scores):
         """TensorBoard: each trial's metrics at step = trial index (scalars),
         its decisions for the hparams plugin (one run per trial), and a

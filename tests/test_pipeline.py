@@ -498,3 +498,25 @@ def test_killed_search_process_resumes_without_losing_or_repeating(e2e, tmp_path
     for r in lines:
         if r["id"] in first:
             assert r["score"] == pytest.approx(first[r["id"]])
+
+
+def test_every_artifact_goes_through_gfile(tmp_path, monkeypatch):
+    """A run on TensorFlow's in-memory file system (ram://, a stand-in for
+    gs://): every step works and every artifact lands there, nothing on the
+    local disk."""
+    monkeypatch.chdir(tmp_path)
+    root = "ram://bucket/run"
+    cfg = config_lib.resolve("tiny", {"num_cells": 1, "num_stages": 1, "num_winners": 1})
+    results = SearchRun(cfg, root, verbose=False).run()
+    assert os.listdir(tmp_path) == []
+    for name in ("config.json", "candidates.jsonl", "candidates.png", "results.json", "tuner/oracle.json",
+                 "winners/1/metrics.json", "winners/1/architecture.json", "winners/1/saved_model/saved_model.pb"):
+        assert tf.io.gfile.exists(f"{root}/{name}"), name
+    assert tf.train.latest_checkpoint(f"{root}/proxy").endswith(f"ckpt-{cfg.train_steps}")
+    assert len(io_utils.read_text(f"{root}/candidates.jsonl").splitlines()) == cfg.num_candidates
+    assert io_utils.read_json(f"{root}/results.json")["winners"] == results
+    # A second run on the same directory resumes there and does no new work.
+    again = SearchRun(cfg, root, verbose=False)
+    monkeypatch.setattr(CandidateScorer, "score_encodings",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored again")))
+    assert again.run() == results
