@@ -22,6 +22,7 @@ class ScoreConfig:
     group_size: int = 32           # examples per candidate per pass (the ghost batch)
     max_examples: Optional[int] = None  # validation examples used (None: all whole groups)
     kl_examples: int = 64          # unlabeled training examples for the KL score
+    pass_examples: int = 4096      # at most this many (candidate, example) pairs per forward pass
     jit_compile: bool = False
     verbose: bool = True
 
@@ -74,32 +75,55 @@ class CandidateScorer:
         return self.strategy.gather(out, axis=0)
 
     def _forward_impl(self, images, encodings):
+        """``images``: ``C`` groups of ``g`` examples; ``encodings``: ``k``
+        candidates.  Ghost batch ``(i, c)`` is candidate ``i`` on group ``c``."""
         k = next(iter(encodings.values())).shape[0]  # candidates in this pass
+        groups = images.shape[0] // self.cfg.group_size
         tiled = tf.tile(images, [k] + [1] * (len(images.shape) - 1))
+        if groups > 1:
+            encodings = {name: tf.repeat(v, groups, axis=0) for name, v in encodings.items()}
         logits = self.proxy.candidate_logits(tiled, encodings)
         logits = tf.reshape(logits, [k, images.shape[0], -1])
         return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
-    def _chunks(self, x, n=None):
+    def _groups(self, x, n=None) -> List[np.ndarray]:
         g = self.cfg.group_size
         n = len(x) if n is None else min(n, len(x))
         count = n // g
         if count == 0:
             raise ValueError(f"need at least {g} examples to score (one group), got {n}")
-        return [tf.constant(x[i * g:(i + 1) * g]) for i in range(count)]
+        return [np.asarray(x[i * g:(i + 1) * g]) for i in range(count)]
 
     def prepare(self, x_val, y_val, x_kl=None):
-        """Cache the evaluation chunks (and the reference predictions for KL)."""
-        g = self.cfg.group_size
-        self._val = self._chunks(x_val, self.cfg.max_examples)
-        self._labels = [np.asarray(y_val[i * g:(i + 1) * g]) for i in range(len(self._val))]
-        self._kl = []
-        self._ref = []
-        if x_kl is not None and self.cfg.kl_examples:
-            self._kl = self._chunks(x_kl, self.cfg.kl_examples)
-            ref = self._stack([self.proxy.reference_encoding()] * self.cfg.candidates_per_pass)
-            self._ref = [self._forward(c, ref)[0].numpy() for c in self._kl]
+        """Cache the evaluation passes (and the reference predictions for KL).
+
+        Validation groups and KL groups go through the same passes of ``C``
+        groups each (``C * K * g <= pass_examples``; the last pass is padded
+        with copies), so one traced function serves all of them."""
+        g, k = self.cfg.group_size, self.cfg.candidates_per_pass
+        val = self._groups(x_val, self.cfg.max_examples)
+        self._labels = np.stack([np.asarray(y_val[i * g:(i + 1) * g]) for i in range(len(val))])
+        kl = self._groups(x_kl, self.cfg.kl_examples) if x_kl is not None and self.cfg.kl_examples else []
+        self._num_val, self._num_kl = len(val), len(kl)
+        groups = val + kl
+        cap = max(1, self.cfg.pass_examples // (k * g))
+        passes = -(-len(groups) // cap)
+        per_pass = -(-len(groups) // passes)
+        groups += [groups[-1]] * (passes * per_pass - len(groups))
+        self._passes = [tf.constant(np.concatenate(groups[i * per_pass:(i + 1) * per_pass]))
+                        for i in range(passes)]
+        self._ref = None
+        if kl:
+            ref = self._stack([self.proxy.reference_encoding()] * k)
+            self._ref = self._predict(ref)[0, self._num_val:self._num_val + self._num_kl]
         return self
+
+    def _predict(self, enc) -> np.ndarray:
+        """Log-probabilities ``[K, groups, g, classes]`` over every pass."""
+        g = self.cfg.group_size
+        out = [self._forward(images, enc).numpy() for images in self._passes]
+        out = np.concatenate(out, axis=1)
+        return out.reshape(out.shape[0], -1, g, out.shape[-1])
 
     @staticmethod
     def _stack(encodings: Sequence[Dict[str, np.ndarray]]):
@@ -107,28 +131,24 @@ class CandidateScorer:
 
     @property
     def num_examples(self) -> int:
-        return len(self._val) * self.cfg.group_size
+        return self._num_val * self.cfg.group_size
 
     def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
-        """Scores of up to ``K`` candidates (one compiled call per chunk)."""
+        """Scores of up to ``K`` candidates (one compiled call per pass)."""
         k = self.cfg.candidates_per_pass
         n = len(encodings)
         if not 0 < n <= k:
             raise ValueError(f"score_encodings takes 1 to {k} encodings, got {n}")
         enc = self._stack(list(encodings) + [encodings[-1]] * (k - n))
-        correct = np.zeros(k)
-        for chunk, labels in zip(self._val, self._labels):
-            logp = self._forward(chunk, enc).numpy()
-            correct += (logp.argmax(-1) == labels[None]).sum(1)
-        kl = np.zeros(k)
-        for chunk, ref in zip(self._kl, self._ref):
-            logq = self._forward(chunk, enc).numpy()
-            p, q = np.exp(ref)[None], np.exp(logq)
-            kl += ((p - q) * (ref[None] - logq)).sum(-1).sum(-1)
-        acc = correct / self.num_examples
-        kl = kl / max(len(self._kl) * self.cfg.group_size, 1)
+        logp = self._predict(enc)
+        pred = logp[:, :self._num_val].argmax(-1)                       # [K, groups, g]
+        acc = (pred == self._labels[None]).reshape(k, -1).mean(-1)
+        if self._ref is not None:
+            logq = logp[:, self._num_val:self._num_val + self._num_kl]  # [K, groups, g, classes]
+            ref = self._ref[None]
+            kl = ((np.exp(ref) - np.exp(logq)) * (ref - logq)).sum(-1).reshape(k, -1).mean(-1)
         return [{"score": float(acc[i]), "accuracy": float(acc[i]),
-                 **({"kl": float(kl[i])} if self._kl else {})} for i in range(n)]
+                 **({"kl": float(kl[i])} if self._ref is not None else {})} for i in range(n)]
 
 
 class CandidateStore:

@@ -468,6 +468,27 @@ def test_scores_do_not_depend_on_pass_mates(scorer):
     assert kl > 0
 
 
+def test_groups_per_pass_do_not_change_scores(scorer):
+    """The 3 validation and 2 KL groups in one pass, in passes of 2 (the last
+    padded) or of 1: the same scores, one trace each."""
+    space = SCORE_SPACE
+    encs = [space.encode(a) for a in space.sample_unique(4, seed=5)]
+    x_val, y_val, x_kl = scorer.data
+    results = {}
+    for pass_examples in (10 ** 6, 2 * 4 * 8, 4 * 8):
+        sc = CandidateScorer(scorer.proxy, ScoreConfig(candidates_per_pass=4, group_size=8, kl_examples=16,
+                                                       pass_examples=pass_examples, verbose=False))
+        sc.prepare(x_val, y_val, x_kl)
+        assert [int(p.shape[0]) for p in sc._passes] == {10 ** 6: [40], 64: [16, 16, 16], 32: [8] * 5}[
+            pass_examples]
+        results[pass_examples] = sc.score_encodings(encs)
+        assert sc.trace_count == 1
+    for other in list(results.values())[1:]:
+        for a, b in zip(results[10 ** 6], other):
+            assert a["accuracy"] == b["accuracy"]
+            assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-7)
+
+
 # ---------------------------------------------------------------------------
 # one set of path decisions for every cell
 # ---------------------------------------------------------------------------
