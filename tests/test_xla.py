@@ -1,4 +1,4 @@
-"""Every method's training and scoring steps compile with XLA (static shapes
+"""Every method's training, scoring and retraining steps compile with XLA (static shapes
 throughout).  A method joins this test by registering its factory in
 ``pipeline.METHODS``: the test runs over the registry."""
 
@@ -12,7 +12,8 @@ from oneshot_tf.scoring import CandidateScorer
 @pytest.mark.parametrize("method", sorted(pipeline.METHODS))
 def test_training_and_scoring_steps_compile_with_xla(method, tmp_path, monkeypatch):
     overrides = dict(method=method, train_steps=2, batch_size=16, ghost_batch_size=8, num_candidates=4,
-                     candidates_per_pass=2, kl_examples=16, num_cells=1, num_stages=1)
+                     candidates_per_pass=2, kl_examples=16, num_cells=1, num_stages=1, num_winners=1,
+                     retrain_steps=2, retrain_batch_size=16)
     xla = pipeline.SearchRun(config_lib.resolve("tiny", {**overrides, "jit_compile": True}),
                              str(tmp_path / "run"), verbose=False)
     compiled = []
@@ -29,6 +30,11 @@ def test_training_and_scoring_steps_compile_with_xla(method, tmp_path, monkeypat
     assert len(records) == 4
     # the scoring step really was an XLA function
     assert compiled and compiled[0].__class__.__name__ == "Function" and compiled[0]._jit_compile
+
+    # The stand-alone retraining step compiles too (and the winner exports).
+    (winner,) = xla.retrain()
+    assert 0.0 <= winner["test_accuracy"] <= 1.0
+    assert (tmp_path / "run" / "winners" / "1" / "saved_model" / "saved_model.pb").exists()
 
     # The same trained proxy scored without XLA gives the same scores.
     plain = pipeline.SearchRun(config_lib.resolve("tiny", {**overrides, "jit_compile": False}),
