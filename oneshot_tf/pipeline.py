@@ -189,6 +189,7 @@ class SearchRun:
         root = distribute.write_dir(self.model_dir, self.strategy)
         if not self.chief:
             self._copy_search_state(root)
+        distribute.barrier(self.strategy)  # copies made before the chief proposes new trials
         store = CandidateStore(io_utils.join(root, "candidates.jsonl"))
         scorer = self.make_scorer()
         t0 = time.time()
@@ -215,8 +216,9 @@ class SearchRun:
     def make_tuner(self, scorer: CandidateScorer, store: CandidateStore, root: Optional[str] = None):
         """The keras-tuner search of ``--search`` (project in DIR/tuner).
 
-        Random search proposes ``candidates()``, in that order.  Refinement keeps SMASH's proportions (500 random, 100 perturbations of
-        their best, 100 chain steps): 5/7, 1/7 and 1/7 of ``num_candidates``.
+        Random search proposes ``candidates()``, in that order.  Refinement
+        keeps SMASH's proportions (500 random, 100 perturbations of their
+        best, 100 chain steps): 5/7, 1/7 and 1/7 of ``num_candidates``.
         Evolution uses a population of ``num_candidates / 5`` (at most 50)
         and tournaments of a quarter of it."""
         from oneshot_tf import tuner as tuner_lib
