@@ -58,6 +58,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and "chief" not in spec
 
 
+def single_client(strategy: tf.distribute.Strategy) -> bool:
+    """Whether one process drives every replica (all but multi-worker clusters)."""
+    resolver = cluster_resolver(strategy)
+    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    return not resolver.cluster_spec().as_dict()
+
+
 def write_dir(path: str, strategy: tf.distribute.Strategy) -> str:
     """Where this process writes what belongs in ``path``: ``path`` itself on
     the chief; a per-worker temporary sibling elsewhere (tf.distribute's

@@ -174,8 +174,14 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
     save_dir = distribute.write_dir(model_dir, strategy)
     tf.io.gfile.makedirs(save_dir)
     manager = _StepCheckpointManager(ckpt, save_dir, max_to_keep=2, step=step_var)
+    # Restore before the preemption handler attaches its own counter to the
+    # checkpoint (checkpoints written where it stands aside lack it).
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+        logging.info("%s: resumed from %s", description, latest)
     previous_sigterm = signal.getsignal(signal.SIGTERM) if _main_thread() else None
-    preemption = None
+    preemption = sigterm = None
     if previous_sigterm is not None:
         # tf.distribute's preemption handling: on SIGTERM (any worker), all
         # workers save a checkpoint at the same step, then TrainingPreempted.
@@ -183,13 +189,16 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
             distribute.cluster_resolver(strategy), manager,
             termination_config=tf.distribute.experimental.TerminationConfig(
                 exit_fn=_preempted(description, model_dir, step_var)))
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
-        logging.info("%s: resumed from %s", description, latest)
+        if signal.getsignal(signal.SIGTERM) is previous_sigterm and distribute.single_client(strategy):
+            # The handler stands aside on this platform (TF 2.21: Cloud TPU
+            # VMs, GCE CPU VMs; GCE GPU VMs watch maintenance events, not
+            # SIGTERM).  One client needs no coordination: SIGTERM sets a
+            # flag, and the loop saves the step it finished and stops.
+            sigterm = threading.Event()
+            signal.signal(signal.SIGTERM, lambda signum, frame: sigterm.set())
     try:
         return _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption,
-                           model_dir, summary_dir if chief else None, description)
+                           sigterm, model_dir, summary_dir if chief else None, description)
     finally:
         if previous_sigterm is not None:
             del preemption
@@ -208,8 +217,8 @@ def _preempted(description, model_dir, step):
     return exit_fn
 
 
-def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption, model_dir,
-                summary_dir, description):
+def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption, sigterm,
+                model_dir, summary_dir, description):
     replicas = strategy.num_replicas_in_sync
     start = int(step_var.numpy())
     if start >= cfg.steps:
@@ -270,6 +279,9 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         metrics = {k: float(v) for k, v in out.items()}
         if not math.isfinite(metrics["loss"]):
             raise _diverged(description, f"loss became {metrics['loss']}", step, last_saved, model_dir)
+        if sigterm is not None and sigterm.is_set():
+            manager.save(checkpoint_number=step)
+            _preempted(description, model_dir, step_var)()
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.time() - t0
             metrics["examples_per_second"] = (step - n0) * cfg.batch_size / max(elapsed, 1e-9)
