@@ -40,14 +40,9 @@ Variables (defaults in brackets):
 EOF
 }
 
-case "${1:-}" in
-  -h | --help) usage; exit 0 ;;
-esac
-if [[ $# -gt 0 ]]; then
-  echo "error: unexpected arguments: $*" >&2
-  usage
-  exit 2
-fi
+# shellcheck source=tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+help_or_no_args "$@"
 
 TPU_NAME="${TPU_NAME:-}"
 ZONE="${ZONE:-}"

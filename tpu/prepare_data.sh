@@ -28,14 +28,9 @@ Variables (defaults in brackets):
 EOF
 }
 
-case "${1:-}" in
-  -h | --help) usage; exit 0 ;;
-esac
-if [[ $# -gt 0 ]]; then
-  echo "error: unexpected arguments: $*" >&2
-  usage
-  exit 2
-fi
+# shellcheck source=tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+help_or_no_args "$@"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(dirname "$script_dir")"
@@ -54,13 +49,7 @@ DOWNLOAD_DIR="${DOWNLOAD_DIR:-${TMPDIR:-/tmp}/tfds_downloads}"
 UPLOAD_TO="${UPLOAD_TO:-}"
 UPLOAD_TO="${UPLOAD_TO%/}"
 VERIFY="${VERIFY:-1}"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$HOME/oneshot-venv/bin/python" ]]; then
-    PYTHON="$HOME/oneshot-venv/bin/python"
-  else
-    PYTHON="python3"
-  fi
-fi
+PYTHON="$(default_python)"
 
 read -r -a names <<<"$DATASETS"
 if [[ ${#names[@]} -eq 0 ]]; then

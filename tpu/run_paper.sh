@@ -36,6 +36,8 @@ Variables (defaults in brackets):
 EOF
 }
 
+# shellcheck source=tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
 esac
@@ -55,13 +57,7 @@ PRECISION="${PRECISION-mixed_bfloat16}"
 PJRT="${PJRT:-1}"
 LIBTPU="${LIBTPU:-}"
 DRY_RUN="${DRY_RUN:-0}"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$HOME/oneshot-venv/bin/python" ]]; then
-    PYTHON="$HOME/oneshot-venv/bin/python"
-  else
-    PYTHON="python3"
-  fi
-fi
+PYTHON="$(default_python)"
 
 case "$STEP" in
   run | train | score | retrain | check) ;;
