@@ -201,8 +201,9 @@ class SearchRun:
         records = store.records
         logging.info("scored %d candidates in %.1fs (%d traces)", len(records) - before,
                      time.time() - t0, scorer.trace_count)
-        if self.chief:
-            self._score_summaries(records)
+        png = io_utils.join(self.model_dir, "candidates.png")
+        if self.chief and (len(records) > before or not tf.io.gfile.exists(png)):
+            self._score_summaries(records)  # (a finished scoring step rerun adds no events)
         return records
 
     def _copy_search_state(self, root: str):

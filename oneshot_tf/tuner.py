@@ -324,8 +324,13 @@ class ProxyTuner(keras_tuner.Tuner):
                 tf.summary.image(tag, tf.image.decode_png(png)[None])
         writer.close()
 
+    def on_search_begin(self):
+        self._scored_this_search = 0
+        super().on_search_begin()
+
     def on_search_end(self):
-        self._write_search_images()
+        if getattr(self, "_scored_this_search", 1):  # a finished search resumed: nothing new to draw
+            self._write_search_images()
         super().on_search_end()
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
@@ -343,6 +348,7 @@ class ProxyTuner(keras_tuner.Tuner):
                 "flops": self.space.count_flops(a, input_shape=hm.input_shape, num_classes=hm.num_classes)}
                 for t, a, sc in zip(trials, archs, scores)])
         self._write_summaries(trials, scores)
+        self._scored_this_search = getattr(self, "_scored_this_search", 0) + len(trials)
         return scores
 
     def search(self, *args, verbose: int = 1, **kwargs):

@@ -204,7 +204,7 @@ def test_rerun_on_finished_dir_does_no_new_work(e2e, tmp_path, monkeypatch):
         if name.startswith(("proxy", "winners")):
             assert after[name] == (content, mtime), name
     new = sorted(set(after) - set(before))
-    assert not [n for n in new if n.startswith(("proxy", "winners")) or n == "candidates.jsonl"], new
+    assert not [n for n in new if n.startswith(("proxy", "winners", "score")) or n == "candidates.jsonl"], new
     assert after["config.json"][0] == before["config.json"][0]
     assert json.loads(after["results.json"][0]) == json.loads(before["results.json"][0])
 
