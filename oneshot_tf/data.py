@@ -610,7 +610,7 @@ def augment_batch(images, seed, *, pad: int = 4, flip: bool = False):
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool, augment: bool = False,
                     flip: bool = False, pad: int = 4, seed: int = 0, drop_remainder: bool = True,
-                    repeat: bool = False, name: Optional[str] = None):
+                    repeat: bool = False, skip_batches: int = 0, name: Optional[str] = None):
     """Batched ``tf.data.Dataset`` of (uint8 NHWC images, int32 labels).
 
     * ``training``: epoch ``e`` visits the examples in the order
@@ -619,6 +619,9 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
       per batch ``b`` with the stateless seed ``(seed, b)``.
     Both depend on ``seed`` only (not on TensorFlow's global seed).
     * ``repeat``: repeat indefinitely (batches then span epoch boundaries).
+    * ``skip_batches``: start at batch ``skip_batches`` of that stream (a
+      resumed run), skipping index batches before any image is gathered or
+      augmented; the same batches as ``.skip(skip_batches)``, cheaply.
     * ``name`` only labels error messages (default "train"/"evaluation").
 
     Raises DataError for bad inputs, e.g. a batch size larger than the split
@@ -668,7 +671,7 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
     image_shape = tuple(x.shape[1:])
 
     if augment:
-        ds = ds.enumerate()
+        ds = ds.enumerate()  # batch b keeps its augmentation seed when skipped to
 
         def _fn(b, idx):
             imgs = tf.gather(x_t, idx)
@@ -678,6 +681,8 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: 
         def _fn(idx):
             return tf.gather(x_t, idx), tf.gather(y_t, idx)
 
+    if skip_batches:
+        ds = ds.skip(int(skip_batches))
     ds = ds.map(_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     bdim = batch_size if drop_remainder else None
     ds = ds.map(lambda a, b: (tf.ensure_shape(a, (bdim,) + image_shape), tf.ensure_shape(b, (bdim,))))

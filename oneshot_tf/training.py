@@ -225,8 +225,8 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         return {}
 
     ds = data_lib.make_tf_dataset(x, y, cfg.batch_size, training=True, augment=cfg.augment,
-                                  flip=cfg.flip, seed=cfg.seed, drop_remainder=True, repeat=True)
-    ds = ds.skip(start)
+                                  flip=cfg.flip, seed=cfg.seed, drop_remainder=True, repeat=True,
+                                  skip_batches=start)
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     total = float(cfg.steps)
 

@@ -522,3 +522,18 @@ def test_augmented_pipeline_determinism():
     np.testing.assert_array_equal(two[:40], first)
     assert not np.array_equal(two[:40], two[40:])  # next epoch: new order / augmentation
     assert not np.array_equal(first, run(4))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_skip_batches_equals_skipping_the_stream(augment):
+    """A resumed run starts at batch k: same images, labels and augmentation
+    as batch k of the full stream (across an epoch boundary too)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 8, 8, 1)).astype(np.uint8)
+    y = rng.integers(0, 10, 20)
+    kw = dict(training=True, augment=augment, flip=True, seed=3, repeat=True)
+    full = list(make_tf_dataset(x, y, 6, **kw).take(9).as_numpy_iterator())
+    skipped = list(make_tf_dataset(x, y, 6, skip_batches=4, **kw).take(5).as_numpy_iterator())
+    for (a, b), (c, d) in zip(full[4:], skipped):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
