@@ -12,6 +12,10 @@ IDENTITY_FIELDS = (
     "num_cells", "num_stages", "filters", "num_blocks",
     "ghost_batch_size", "drop_rate", "weight_decay", "train_steps", "batch_size", "learning_rate",
     "augment", "score_examples", "kl_examples", "precision",
+    # which candidates are scored, and which winners are retrained how: a
+    # finished winners/<rank>/ is kept, so these must not change under it
+    "search", "ranking", "small_percentile", "retrain_filters", "retrain_steps", "retrain_batch_size",
+    "retrain_learning_rate", "retrain_weight_decay", "bn_momentum",
 )
 
 

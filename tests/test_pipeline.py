@@ -347,11 +347,15 @@ def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
     assert io_utils.read_json(str(d / "config.json"))["flags"]["num_winners"] == 1
 
 
-@pytest.mark.parametrize("flag,value", [("augment", False), ("score_examples", 32), ("kl_examples", 0)])
+@pytest.mark.parametrize("flag,value", [("augment", False), ("score_examples", 32), ("kl_examples", 0),
+                                        ("search", "evolution"), ("ranking", "small"), ("retrain_steps", 7),
+                                        ("bn_momentum", 0.5), ("retrain_filters", 8)])
 def test_flags_that_change_stored_results_are_identity_flags(e2e, tmp_path, flag, value):
     """augment changes the trained proxy (like learning_rate, an identity flag);
     score_examples and kl_examples change the scores in candidates.jsonl, so a
-    resumed scoring would mix candidates scored two ways."""
+    resumed scoring would mix candidates scored two ways; search changes which
+    candidates DIR/tuner proposes; ranking and the retraining settings change
+    what a finished winners/<rank>/ (which a rerun keeps) would hold."""
     d = _dir_with_config(e2e, tmp_path)
     with pytest.raises(ValueError, match=f"--{flag}:"):
         SearchRun(config_lib.resolve("tiny", {flag: value}), str(d), verbose=False)
@@ -426,8 +430,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, override, message):
 def test_tuner_searches_write_candidates_and_resume(e2e, tmp_path, monkeypatch, search):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    shutil.copy(e2e / "config.json", model_dir / "config.json")
-    shutil.copytree(e2e / "proxy", model_dir / "proxy")
+    shutil.copytree(e2e / "proxy", model_dir / "proxy")  # the trained proxy (a new directory of its own search)
     cfg = config_lib.resolve("tiny", {"search": search, "num_candidates": 8})
     run = SearchRun(cfg, str(model_dir), verbose=False)
     records = run.score()
