@@ -523,3 +523,20 @@ def test_every_artifact_goes_through_gfile(tmp_path, monkeypatch):
     monkeypatch.setattr(CandidateScorer, "score_encodings",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored again")))
     assert again.run() == results
+
+
+def test_growing_num_candidates_continues_the_search(e2e, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    shutil.copytree(e2e / "proxy", model_dir / "proxy")
+    SearchRun(config_lib.resolve("tiny", {"num_candidates": 4}), str(model_dir), verbose=False).score()
+    first = [r["id"] for r in _read_jsonl(model_dir / "candidates.jsonl")]
+    scored = []
+    original = CandidateScorer.score_encodings
+    monkeypatch.setattr(CandidateScorer, "score_encodings",
+                        lambda self, encs: scored.append(len(encs)) or original(self, encs))
+    run = SearchRun(config_lib.resolve("tiny", {"num_candidates": 6}), str(model_dir), verbose=False)
+    run.score()
+    ids = [r["id"] for r in _read_jsonl(model_dir / "candidates.jsonl")]
+    assert ids[:4] == first and sum(scored) == 2  # only the two new candidates were scored
+    assert ids == [run.space.arch_id(a) for a in run.candidates()]
