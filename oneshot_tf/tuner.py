@@ -256,6 +256,7 @@ class ProxyTuner(keras_tuner.Tuner):
         self.store = store
         self.method = method
         self.summary_dir = summary_dir
+        self._scored_this_search = 0  # trials scored since on_search_begin
 
     def save(self):
         """The tuner's state file, written atomically (a kill never leaves
@@ -329,7 +330,7 @@ class ProxyTuner(keras_tuner.Tuner):
         super().on_search_begin()
 
     def on_search_end(self):
-        if getattr(self, "_scored_this_search", 1):  # a finished search resumed: nothing new to draw
+        if self._scored_this_search:  # a finished search resumed has nothing new to draw
             self._write_search_images()
         super().on_search_end()
 
@@ -348,7 +349,7 @@ class ProxyTuner(keras_tuner.Tuner):
                 "flops": self.space.count_flops(a, input_shape=hm.input_shape, num_classes=hm.num_classes)}
                 for t, a, sc in zip(trials, archs, scores)])
         self._write_summaries(trials, scores)
-        self._scored_this_search = getattr(self, "_scored_this_search", 0) + len(trials)
+        self._scored_this_search += len(trials)
         return scores
 
     def search(self, *args, verbose: int = 1, **kwargs):
