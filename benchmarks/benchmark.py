@@ -41,6 +41,8 @@ def main(argv=None):
     p.add_argument("--eval_examples", type=int, default=256)
     p.add_argument("--baseline_candidates", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                   help="(d): the one-shot training step and the scorer with and without XLA")
     p.add_argument("--json", default="", help="also write the results to this file")
     args = p.parse_args(argv)
 
@@ -62,14 +64,14 @@ def main(argv=None):
     y = rng.integers(0, classes, args.batch_size).astype(np.int64)
     xt, yt = tf.constant(x), tf.constant(y)
 
-    def train_fn(task, progress=0.0):
+    def train_fn(task, progress=0.0, jit_compile=False):
         task.build()
         opt = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
         variables = task.trainable_variables
         opt.build(variables)
         progress = tf.constant(progress)
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def step(images, labels):
             with tf.GradientTape() as tape:
                 loss, _ = task.loss(images, labels, progress=progress, seed=tf.constant([1, 2]),
@@ -195,6 +197,33 @@ def main(argv=None):
     results["c_seconds_per_candidate_standalone_forward"] = min(c_fwd) / n
     results["c_ratio_1_per_pass"] = min(c_one) / min(c_fwd)
     results[f"c_ratio_{n}_per_pass"] = min(c_all) / min(c_fwd)
+
+    # (d) XLA on this device ----------------------------------------------------
+    # The one-shot training step (mid-schedule) and the scorer, each with the
+    # model it runs under --jit_compile (static shapes, tf.cond per op) and
+    # without (the gather path), compile time excluded: the measurement behind
+    # the per-device default of --jit_compile.
+    if args.xla:
+        static = OneShotProxy(space, input_shape=shape, num_classes=classes,
+                              ghost_batch_size=args.ghost_batch_size, static_shapes=True)
+        t = time.perf_counter()
+        xla_step = train_fn(static, 0.5, jit_compile=True)
+        results["d_xla_train_compile_seconds"] = time.perf_counter() - t
+        d_plain = [rate(oneshot_steps[0.5], args.train_steps) * args.batch_size for _ in range(args.repeats)]
+        d_xla = [rate(xla_step, 3) * args.batch_size]  # 3 steps: XLA on CPU is slow enough for one sample
+        results["d_train_examples_per_s_plain"] = max(d_plain)
+        results["d_train_examples_per_s_xla"] = max(d_xla)
+        results["d_train_ratio_xla_over_plain"] = max(d_xla) / max(d_plain)
+        k = args.candidates_per_pass
+        xla_scorer = CandidateScorer(static, ScoreConfig(candidates_per_pass=k, group_size=args.ghost_batch_size,
+                                                         kl_examples=0, jit_compile=True,
+                                                         verbose=False)).prepare(xv, yv)
+        xla_scorer.score_encodings(encs[:k])
+        t = time.perf_counter()
+        for s in range(0, len(encs), k):
+            xla_scorer.score_encodings(encs[s:s + k])
+        results["d_score_candidates_per_s_xla"] = len(encs) / (time.perf_counter() - t)
+        results["d_score_ratio_xla_over_plain"] = results["d_score_candidates_per_s_xla"] / max(bk)
 
     width = max(map(len, results))
     for k, v in results.items():

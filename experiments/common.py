@@ -48,7 +48,7 @@ HELP = {
     "bn_momentum": "BN moving-average momentum of stand-alone models (suit it to retrain_steps).",
     "strategy": f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
     "jit_compile": "Compile the training and scoring steps with XLA. Unset: on for TPU, off otherwise "
-                   "(measured ~10x slower for separable convs on CPU; GPU not measured yet).",
+                   "(on CPU measured ~25x slower, benchmark (d); GPU not measured yet).",
     "precision": "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with dynamic loss scaling); "
                  "BN statistics, normalizations, softmax and losses stay float32.",
     "checkpoint_every": "Steps between checkpoints.",

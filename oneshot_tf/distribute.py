@@ -101,6 +101,6 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
 
 def default_jit_compile(strategy: tf.distribute.Strategy) -> bool:
     """XLA by default where it pays: on TPUs (which require it).  On CPU it
-    was measured ~10x slower for separable convolutions; on GPU it is not
+    is ~25x slower for the one-shot steps (benchmarks/benchmark.py, (d)); on GPU it is not
     measured yet, so it stays off (``--jit_compile`` turns it on)."""
     return isinstance(strategy, tf.distribute.TPUStrategy)
