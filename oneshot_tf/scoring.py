@@ -204,6 +204,16 @@ class CandidateStore:
             self.records.append(r)
 
 
+def candidate_record(space, arch, scores: Dict[str, float], *, index: int, method: str, input_shape,
+                     num_classes: int, **extra) -> Dict[str, Any]:
+    """One line of candidates.jsonl: id, index, method, architecture, the
+    proxy's scores, and the stand-alone model's parameters and FLOPs."""
+    return {"id": space.arch_id(arch), "index": int(index), "method": method, **extra,
+            "architecture": space.to_json(arch), **scores,
+            "params": space.count_params(arch, input_shape=input_shape, num_classes=num_classes),
+            "flops": space.count_flops(arch, input_shape=input_shape, num_classes=num_classes)}
+
+
 def score_architectures(scorer: CandidateScorer, space, archs: Sequence[Any], store: CandidateStore,
                         *, input_shape, num_classes: int, method: str, start_index: int = 0,
                         verbose: bool = True) -> List[Dict[str, Any]]:
@@ -215,13 +225,8 @@ def score_architectures(scorer: CandidateScorer, space, archs: Sequence[Any], st
     for s in range(0, len(todo), k):
         group = todo[s:s + k]
         scores = scorer.score_encodings([space.encode(a) for _, a in group])
-        records = []
-        for (index, arch), sc in zip(group, scores):
-            records.append({"id": space.arch_id(arch), "index": index, "method": method,
-                            "architecture": space.to_json(arch), **sc,
-                            "params": space.count_params(arch, input_shape=input_shape, num_classes=num_classes),
-                            "flops": space.count_flops(arch, input_shape=input_shape, num_classes=num_classes)})
-        store.append(records)
+        store.append([candidate_record(space, arch, sc, index=index, method=method, input_shape=input_shape,
+                                       num_classes=num_classes) for (index, arch), sc in zip(group, scores)])
         bar.update(len(archs) - len(todo) + s + len(group),
                    [("best", max(r["score"] for r in store.records))])
     return store.records

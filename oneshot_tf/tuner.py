@@ -23,7 +23,7 @@ import keras_tuner
 import numpy as np
 
 from oneshot_tf import io_utils
-from oneshot_tf.scoring import CandidateScorer, CandidateStore
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, candidate_record
 from oneshot_tf.search_space import SearchSpace
 
 
@@ -342,12 +342,10 @@ class ProxyTuner(keras_tuner.Tuner):
         scores = self.scorer.score_encodings([self.space.encode(a) for a in archs])
         if self.store is not None:
             hm = self.hypermodel
-            self.store.append([{
-                "id": self.space.arch_id(a), "index": int(t.trial_id), "trial_id": t.trial_id,
-                "method": self.method, "architecture": self.space.to_json(a), **sc,
-                "params": self.space.count_params(a, input_shape=hm.input_shape, num_classes=hm.num_classes),
-                "flops": self.space.count_flops(a, input_shape=hm.input_shape, num_classes=hm.num_classes)}
-                for t, a, sc in zip(trials, archs, scores)])
+            self.store.append([candidate_record(self.space, a, sc, index=int(t.trial_id), method=self.method,
+                                                input_shape=hm.input_shape, num_classes=hm.num_classes,
+                                                trial_id=t.trial_id)
+                               for t, a, sc in zip(trials, archs, scores)])
         self._write_summaries(trials, scores)
         self._scored_this_search += len(trials)
         return scores
