@@ -7,6 +7,15 @@ one row per ghost batch:
   block ``i`` (padding columns beyond ``2 + i`` are ignored);
 * ``op_mask`` ``[G, num_blocks, num_ops]``: 1 keeps op ``o`` of block ``i``.
 
+Masks without the ghost axis (``[num_blocks, num_blocks + 1]`` and
+``[num_blocks, num_ops]``, one ``space.encode`` output) are one architecture
+shared by every ghost batch; ``call(..., num_ghost=G)`` then says how many
+ghost batches the batch holds (default 1).  That is how candidates are
+scored: the model runs the candidate's own inputs and ops only, each under a
+``tf.cond`` on its mask entry, with no mask multiplications, gathers or
+scatters (``_shared_block``), so one candidate costs about what its own
+stand-alone network costs, and it compiles with XLA (static shapes).
+
 The batch (axis 0) holds ``G`` consecutive ghost batches of equal size; each
 gets its own masks and its own batch statistics (ghost batch norm).  The same
 masks apply to every cell.  A zeroed input is removed from the block's
@@ -18,8 +27,8 @@ model of the same architecture computes with the same weights (see
 
 With ``skip_inactive=True`` an op with weights is computed only on the ghost
 batches that keep it (gathered and scattered back inside the one compiled
-step, no control flow), so scoring a candidate costs about as much as its
-own network and a training step gets cheaper as path dropout grows.  With
+step, no control flow), so a training step gets cheaper as path dropout
+grows.  With
 ``static_shapes=True`` (for XLA/TPU) shapes stay static and ``tf.cond`` skips
 an op or input only when no ghost batch keeps it.  Masks are 0/1.
 
@@ -152,13 +161,29 @@ class OneShotModel(keras.Model):
                 "op_mask": tf.ones((num_ghost, nb, no))}
 
     # -- forward -----------------------------------------------------------
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, num_ghost=None):
         images = inputs["images"]
         # Masks stay float32 (Keras may have autocast them to the compute
         # dtype on the way in; 0/1 are exact) and are cast where multiplied.
         input_mask = tf.cast(inputs["input_mask"], tf.float32)
         op_mask = tf.cast(inputs["op_mask"], tf.float32)
-        num_ghost = int(input_mask.shape[0])
+        shared = len(input_mask.shape) == 2
+        if shared != (len(op_mask.shape) == 2):
+            raise ValueError(f"input_mask {input_mask.shape} and op_mask {op_mask.shape}: both need a "
+                             "ghost-batch axis, or neither (one architecture for every ghost batch)")
+        if not shared:
+            if num_ghost is not None and int(num_ghost) != int(input_mask.shape[0]):
+                raise ValueError(f"num_ghost={num_ghost}, but the masks have {input_mask.shape[0]} ghost batches")
+            num_ghost = int(input_mask.shape[0])
+        else:
+            num_ghost = 1 if num_ghost is None else int(num_ghost)
+            if not self.skip_inactive:  # the reference path: every op, masks multiplied
+                input_mask = tf.tile(input_mask[None], [num_ghost, 1, 1])
+                op_mask = tf.tile(op_mask[None], [num_ghost, 1, 1])
+                shared = False
+        batch = images.shape[0]
+        if batch is not None and batch % num_ghost:
+            raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
         x = self.standardize(images)
         values: List[tf.Tensor] = []
         cell = 0
@@ -171,6 +196,10 @@ class OneShotModel(keras.Model):
                 cands = [values[d] for d in node.deps]
                 for i, (inp_names, op_names) in enumerate(names):
                     k = self.space.num_candidate_inputs(i)
+                    if shared:
+                        cands.append(self._shared_block(cands[:k], inp_names, op_names, input_mask[i, :k],
+                                                        op_mask[i], self._cand_channels[(cell, i)], num_ghost))
+                        continue
                     h = self._block_input(cands[:k], inp_names, input_mask[:, i, :k],
                                           self._cand_channels[(cell, i)], num_ghost)
                     out = None
@@ -205,29 +234,59 @@ class OneShotModel(keras.Model):
 
         if not self.skip_inactive or concat:
             return concatenated()
+        self._build_input_layers(cands, names, sizes)
+        out_shape = cands[0].shape[:-1].concatenate([conv.filters])
+        total = None
+        for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
+            m = mask[:, j]
+
+            def run(x=x, lo=lo, hi=hi, m=m):
+                return self._input_part(x, names, lo, hi, num_ghost, mask=m)
+
+            y = tf.cond(tf.reduce_any(m > 0), run, lambda x=x: _zeros(x, conv.filters))
+            y.set_shape(out_shape)
+            total = y if total is None else total + y
+        return total
+
+    def _input_part(self, x, names, lo, hi, num_ghost, mask=None):
+        """One input's share of a block's input node: BN-ReLU-1x1 conv with
+        channels ``lo:hi`` of the block's gamma, beta and kernel (zeroed on
+        the ghost batches where ``mask`` is 0)."""
+        bn, _, conv = (self.layers_by_name[n] for n in names)
+        y = tf.nn.relu(ghost_batch_norm(x, bn.gamma[lo:hi], bn.beta[lo:hi], num_ghost, bn.epsilon))
+        if mask is not None:
+            y = mask_ghost(y, mask, num_ghost)
+        kernel = tf.cast(conv.kernel[:, :, lo:hi, :], x.dtype)  # the conv's compute dtype
+        return tf.nn.conv2d(y, kernel, strides=1, padding="VALID")
+
+    def _shared_block(self, cands, inp_names, op_names, input_mask, op_mask, sizes, num_ghost):
+        """One block for one architecture shared by every ghost batch
+        (``input_mask [k]``, ``op_mask [num_ops]``): each kept input and op
+        is computed and added under a ``tf.cond`` on its mask entry; dropped
+        ones cost nothing."""
+        self._build_input_layers(cands, inp_names, sizes)
+        filters = self.layers_by_name[inp_names[2]].filters
+
+        def cond_add(keep, total, fn):
+            out = tf.cond(keep > 0, lambda: total + fn(), lambda: total)
+            out.set_shape(total.shape)
+            return out
+
+        h = _zeros(cands[0], filters)
+        for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
+            h = cond_add(input_mask[j], h, lambda x=x, lo=lo, hi=hi: self._input_part(x, inp_names, lo, hi,
+                                                                                      num_ghost))
+        out = tf.zeros_like(h)
+        for o, layer_names in enumerate(op_names):
+            out = cond_add(op_mask[o], out, lambda names=layer_names: self._run(names, h, num_ghost))
+        return out
+
+    def _build_input_layers(self, cands, names, sizes):
+        bn, _, conv = (self.layers_by_name[n] for n in names)
         if not bn.built:
             shape = cands[0].shape[:-1].concatenate([sum(sizes)])
             bn.build(shape)
             conv.build(shape)
-        kernel = tf.cast(conv.kernel, cands[0].dtype)  # the conv's compute dtype
-        out_shape = cands[0].shape[:-1].concatenate([conv.filters])
-        total = None
-        start = 0
-        for j, (x, c) in enumerate(zip(cands, sizes)):
-            lo, hi = start, start + c
-            start = hi
-            m = mask[:, j]
-
-            def run(x=x, lo=lo, hi=hi, m=m):
-                y = ghost_batch_norm(x, bn.gamma[lo:hi], bn.beta[lo:hi], num_ghost, bn.epsilon)
-                y = mask_ghost(tf.nn.relu(y), m, num_ghost)
-                return tf.nn.conv2d(y, kernel[:, :, lo:hi, :], strides=1, padding="VALID")
-
-            y = tf.cond(tf.reduce_any(m > 0), run,
-                        lambda x=x: tf.zeros(tf.concat([tf.shape(x)[:-1], [conv.filters]], 0), x.dtype))
-            y.set_shape(out_shape)
-            total = y if total is None else total + y
-        return total
 
     def _block_input(self, cands, names, mask, sizes, num_ghost):
         """The block's input node.
@@ -327,6 +386,19 @@ class OneShotModel(keras.Model):
         frac_in = tf.reduce_mean(tf.cast(input_mask, tf.float32), axis=0) * valid
         frac_op = tf.reduce_mean(tf.cast(op_mask, tf.float32), axis=0)
         return always + tf.reduce_sum(frac_in * inp) + tf.reduce_sum(frac_op * ops)
+
+
+def _slices(sizes: Sequence[int]):
+    """``(start, end)`` of each part of a concatenation of ``sizes`` channels."""
+    ends = np.cumsum(sizes)
+    return [(int(e - c), int(e)) for e, c in zip(ends, sizes)]
+
+
+def _zeros(x, channels: int):
+    """Zeros shaped like ``x`` but with ``channels`` channels."""
+    if x.shape[:-1].is_fully_defined():
+        return tf.zeros(x.shape[:-1].concatenate([channels]), x.dtype)
+    return tf.zeros(tf.concat([tf.shape(x)[:-1], [channels]], 0), x.dtype)
 
 
 def _kernels(layer) -> List[tf.Variable]:

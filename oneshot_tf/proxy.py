@@ -15,17 +15,34 @@ class Proxy(TrainTask):
     """A trainable stand-in for stand-alone training (one-shot, SMASH, GHN).
 
     Training goes through the package's one loop (``training.train``).
-    Scoring goes through ``candidate_logits``: a batch made of ``K``
-    consecutive groups of equal size and ``K`` candidate encodings (stacked
-    ``space.encode`` outputs, axis 0 of length ``K``), group ``k`` evaluated
-    as candidate ``k``.  One compiled function serves every candidate.
+    Scoring goes through ``candidates_logits`` (``scoring.CandidateScorer``):
+    ``K`` candidate encodings (stacked ``space.encode`` outputs, axis 0 of
+    length ``K``), each evaluated on the same examples, in one compiled
+    function that serves every candidate.  Its default tiles the examples
+    and calls ``candidate_logits``; a proxy with a cheaper way (the one-shot
+    model runs one candidate's own ops per loop iteration) overrides it.
     """
 
     space: SearchSpace
 
     @abc.abstractmethod
     def candidate_logits(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """Logits ``[K * g, num_classes]`` of ``images`` ``[K * g, H, W, C]``."""
+        """Logits ``[K * g, num_classes]`` of ``images`` ``[K * g, H, W, C]``,
+        a batch of ``K`` consecutive groups of ``g`` examples, group ``k``
+        evaluated as candidate ``k`` of ``encodings``."""
+
+    def candidates_logits(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor],
+                          group_size: int) -> tf.Tensor:
+        """Logits ``[K, N, num_classes]``: every one of the ``K`` candidates
+        on all ``N`` ``images``, ``N / group_size`` groups that each get
+        their own batch statistics (a ghost batch of the one-shot model)."""
+        k = int(next(iter(encodings.values())).shape[0])
+        n = int(images.shape[0])
+        groups = n // group_size
+        tiled = tf.tile(images, [k] + [1] * (len(images.shape) - 1))
+        if groups > 1:
+            encodings = {name: tf.repeat(v, groups, axis=0) for name, v in encodings.items()}
+        return tf.reshape(self.candidate_logits(tiled, encodings), [k, n, -1])
 
     @abc.abstractmethod
     def reference_encoding(self) -> Dict[str, Any]:

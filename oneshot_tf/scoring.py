@@ -30,9 +30,9 @@ class ScoreConfig:
 class CandidateScorer:
     """Scores architectures with a trained proxy in one compiled function.
 
-    Each pass evaluates ``K`` candidates on the same ``g`` validation
-    examples: the examples are tiled ``K`` times and candidate ``k`` gets
-    ghost batch ``k``.  The function is traced once for all candidates
+    Each pass evaluates ``K`` candidates on the same ``C`` groups of ``g``
+    examples (``Proxy.candidates_logits``; a group is the unit of batch
+    statistics).  The function is traced once for all candidates
     (``trace_count`` counts traces); the last group is padded with copies.
     Scores: ``accuracy`` on the validation examples (the ``score``), and
     ``kl``, the paper's symmetrized KL divergence between the reference
@@ -76,14 +76,8 @@ class CandidateScorer:
 
     def _forward_impl(self, images, encodings):
         """``images``: ``C`` groups of ``g`` examples; ``encodings``: ``k``
-        candidates.  Ghost batch ``(i, c)`` is candidate ``i`` on group ``c``."""
-        k = next(iter(encodings.values())).shape[0]  # candidates in this pass
-        groups = images.shape[0] // self.cfg.group_size
-        tiled = tf.tile(images, [k] + [1] * (len(images.shape) - 1))
-        if groups > 1:
-            encodings = {name: tf.repeat(v, groups, axis=0) for name, v in encodings.items()}
-        logits = self.proxy.candidate_logits(tiled, encodings)
-        logits = tf.reshape(logits, [k, images.shape[0], -1])
+        candidates, each evaluated on every group (``Proxy.candidates_logits``)."""
+        logits = self.proxy.candidates_logits(images, encodings, self.cfg.group_size)
         return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
     def _groups(self, x, n=None) -> List[np.ndarray]:

@@ -162,6 +162,39 @@ def test_masked_oneshot_equals_standalone(oneshot, standalone, key):
     _close(got, ref)
 
 
+@pytest.mark.parametrize("key", ["a", "b", "no_in1", "no_in0", "rand"])
+def test_shared_masks_equal_per_ghost_masks_and_standalone(oneshot, standalone, key):
+    """One architecture for every ghost batch (masks without the ghost axis,
+    the scoring path: only the kept inputs and ops run, under tf.cond) gives
+    the per-ghost masked model's outputs and the stand-alone model's per
+    ghost batch, eagerly and compiled."""
+    arch = ARCHS[key]
+    x = _images(8, seed=13)
+    enc = SPACE.encode(arch)
+
+    def shared(images):
+        return oneshot({"images": images, "input_mask": tf.constant(enc["input_mask"]),
+                        "op_mask": tf.constant(enc["op_mask"])}, num_ghost=2)
+
+    got = shared(tf.constant(x)).numpy()
+    _close(got, _oneshot_logits(oneshot, x, *_masks(arch, arch)))
+    for half in (slice(0, 4), slice(4, 8)):
+        _close(got[half], standalone(key)(x[half], training=True).numpy())
+    _close(tf.function(shared)(tf.constant(x)).numpy(), got)
+
+
+def test_shared_and_per_ghost_mask_errors(oneshot):
+    enc = SPACE.encode(ARCHS["a"])
+    x = tf.constant(_images(6, seed=1))
+    with pytest.raises(ValueError, match="both need a ghost-batch axis, or neither"):
+        oneshot({"images": x, "input_mask": enc["input_mask"], "op_mask": enc["op_mask"][None]})
+    with pytest.raises(ValueError, match="num_ghost=3, but the masks have 2 ghost batches"):
+        oneshot({"images": x, "input_mask": np.stack([enc["input_mask"]] * 2),
+                 "op_mask": np.stack([enc["op_mask"]] * 2)}, num_ghost=3)
+    with pytest.raises(ValueError, match="a batch of 6 does not split into 4 ghost batches"):
+        oneshot({"images": x, "input_mask": enc["input_mask"], "op_mask": enc["op_mask"]}, num_ghost=4)
+
+
 def test_different_archs_give_different_outputs(oneshot, standalone):
     x = _images(6, seed=10)
     outs = {k: _oneshot_logits(oneshot, x, *_masks(ARCHS[k])) for k in ("a", "b", "no_in1")}
@@ -209,6 +242,14 @@ def test_skip_inactive_false_gives_same_output(oneshot, standalone):
         finally:
             oneshot.static_shapes = not oneshot.static_shapes
         np.testing.assert_allclose(d, b, rtol=1e-5, atol=1e-5)
+    # one architecture shared by 4 ghost batches, masks without a ghost axis:
+    # skip_inactive=False runs every op with the masks multiplied in
+    im, om = _masks(ARCHS["rand"])
+    shared = [m({"images": tf.constant(x), "input_mask": im[0], "op_mask": om[0]}, num_ghost=4).numpy()
+              for m in (full, oneshot)]
+    np.testing.assert_allclose(shared[0], shared[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(shared[0], _oneshot_logits(full, x, *_masks(*[ARCHS["rand"]] * 4)),
+                               rtol=1e-5, atol=1e-5)
     # the 4-ghost case: each quarter is its own stand-alone model
     im, om = cases[2]
     out = _oneshot_logits(oneshot, x, im, om)
@@ -466,6 +507,22 @@ def test_scores_do_not_depend_on_pass_mates(scorer):
         kl += float(((np.exp(lp) - np.exp(lq)) * (lp - lq)).sum())
     assert alone["kl"] == pytest.approx(kl / 16, rel=1e-4, abs=1e-7)
     assert kl > 0
+
+
+def test_oneshot_candidate_loop_equals_the_tiled_default(scorer):
+    """``OneShotProxy.candidates_logits`` (candidates in turn, masks shared by
+    their ghost batches) gives the logits of the proxy interface's default
+    (examples tiled, one ghost batch per candidate and group, per-ghost masks)."""
+    from oneshot_tf.proxy import Proxy
+    proxy = scorer.proxy
+    encs = [SCORE_SPACE.encode(a) for a in SCORE_SPACE.sample_unique(3, seed=8)]
+    enc = {k: tf.constant(np.stack([e[k] for e in encs])) for k in encs[0]}
+    images = tf.constant(scorer.data[0])  # 3 groups of 8
+    loop = tf.function(lambda: proxy.candidates_logits(images, enc, 8))().numpy()
+    tiled = tf.function(lambda: Proxy.candidates_logits(proxy, images, enc, 8))().numpy()
+    assert loop.shape == tiled.shape == (3, 24, 3)
+    np.testing.assert_allclose(loop, tiled, rtol=1e-5, atol=1e-5)
+    assert np.abs(loop[0] - loop[1]).max() > 1e-3
 
 
 def test_groups_per_pass_do_not_change_scores(scorer):
