@@ -28,9 +28,9 @@ model of the same architecture computes with the same weights (see
 With ``skip_inactive=True`` an op with weights is computed only on the ghost
 batches that keep it (gathered and scattered back inside the one compiled
 step, no control flow), so a training step gets cheaper as path dropout
-grows.  With
-``static_shapes=True`` (for XLA/TPU) shapes stay static and ``tf.cond`` skips
-an op or input only when no ghost batch keeps it.  Masks are 0/1.
+grows.  With ``static_shapes=True`` (for XLA/TPU) shapes stay static and
+``tf.cond`` skips an op or input only when no ghost batch keeps it.  Masks
+are 0/1.
 
 Mixed precision: built under a mixed global policy (``oneshot_tf.precision``),
 convolutions compute in bfloat16/float16 with float32 variables.  Float32
