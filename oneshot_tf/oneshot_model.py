@@ -265,18 +265,20 @@ class OneShotModel(keras.Model):
         is computed and added under a ``tf.cond`` on its mask entry; dropped
         ones cost nothing."""
         self._build_input_layers(cands, inp_names, sizes)
-        filters = self.layers_by_name[inp_names[2]].filters
+        zeros = _zeros(cands[0], self.layers_by_name[inp_names[2]].filters)
 
         def cond_add(keep, total, fn):
-            out = tf.cond(keep > 0, lambda: total + fn(), lambda: total)
-            out.set_shape(total.shape)
+            # the first term replaces the zeros instead of being added to them
+            out = tf.cond(keep > 0, fn if total is None else (lambda: total + fn()),
+                          lambda: zeros if total is None else total)
+            out.set_shape(zeros.shape)
             return out
 
-        h = _zeros(cands[0], filters)
+        h = None
         for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
             h = cond_add(input_mask[j], h, lambda x=x, lo=lo, hi=hi: self._input_part(x, inp_names, lo, hi,
                                                                                       num_ghost))
-        out = tf.zeros_like(h)
+        out = None
         for o, layer_names in enumerate(op_names):
             out = cond_add(op_mask[o], out, lambda names=layer_names: self._run(names, h, num_ghost))
         return out
