@@ -124,19 +124,11 @@ class OneShotProxy(Proxy):
                            "op_mask": encodings["op_mask"]}, training=False)
 
     def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
-        """Each candidate in turn (an in-graph loop, two iterations in
-        flight) with its masks shared by all ghost batches, so only its own
-        inputs and ops run (``OneShotModel`` without a ghost axis)."""
-        num_ghost = int(images.shape[0]) // group_size
-
-        def one(masks):
-            return tf.cast(self.model({"images": images, "input_mask": masks[0], "op_mask": masks[1]},
-                                      training=False, num_ghost=num_ghost), tf.float32)
-
-        masks = (encodings["input_mask"], encodings["op_mask"])
-        if int(masks[0].shape[0]) == 1:
-            return one((masks[0][0], masks[1][0]))[None]
-        return tf.map_fn(one, masks, fn_output_signature=tf.float32, parallel_iterations=2)
+        """Each candidate's masks shared by all ghost batches, so only its own
+        inputs and ops run, one candidate after another in an in-graph loop
+        (``OneShotModel.candidates_logits``; the stem runs once)."""
+        return self.model.candidates_logits(images, encodings["input_mask"], encodings["op_mask"],
+                                            num_ghost=int(images.shape[0]) // group_size)
 
     def reference_encoding(self):
         """All paths on (the paper's reference used r = 1e-8, i.e. nearly all on)."""

@@ -11,10 +11,12 @@ Masks without the ghost axis (``[num_blocks, num_blocks + 1]`` and
 ``[num_blocks, num_ops]``, one ``space.encode`` output) are one architecture
 shared by every ghost batch; ``call(..., num_ghost=G)`` then says how many
 ghost batches the batch holds (default 1).  That is how candidates are
-scored: the model runs the candidate's own inputs and ops only, each under a
-``tf.cond`` on its mask entry, with no mask multiplications, gathers or
-scatters (``_shared_block``), so one candidate costs about what its own
-stand-alone network costs, and it compiles with XLA (static shapes).
+scored (``candidates_logits``: several candidates on the same images, the
+stem run once): the model runs the candidate's own inputs and ops only, each
+under a ``tf.cond`` on its mask entry, with no mask multiplications, gathers
+or scatters (``_shared_block``), and normalizes each state once for all its
+readers (``_shared_rest``), so one candidate costs less than its own
+stand-alone network, and it compiles with XLA (static shapes).
 
 The batch (axis 0) holds ``G`` consecutive ghost batches of equal size; each
 gets its own masks and its own batch statistics (ghost batch norm).  The same
@@ -82,6 +84,7 @@ class OneShotModel(keras.Model):
         self.num_classes = int(num_classes)
         self.skip_inactive = bool(skip_inactive)
         self.static_shapes = bool(static_shapes)
+        self.bn_epsilon = float(bn_epsilon)
         c = self.image_shape[-1]
         self.standardize = Standardize([0.0] * c if mean is None else mean,
                                        [255.0] * c if std is None else std, name="standardize")
@@ -185,6 +188,8 @@ class OneShotModel(keras.Model):
         if batch is not None and batch % num_ghost:
             raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
         x = self.standardize(images)
+        if shared:
+            return self._shared_rest(self._shared_stem(x, num_ghost), input_mask, op_mask, num_ghost)
         values: List[tf.Tensor] = []
         cell = 0
         for node, names in zip(self.plan, self._structure):
@@ -261,8 +266,9 @@ class OneShotModel(keras.Model):
 
     def _shared_block(self, cands, inp_names, op_names, input_mask, op_mask, sizes, num_ghost):
         """One block for one architecture shared by every ghost batch
-        (``input_mask [k]``, ``op_mask [num_ops]``): each kept input and op
-        is computed and added under a ``tf.cond`` on its mask entry; dropped
+        (``input_mask [k]``, ``op_mask [num_ops]``), its candidate inputs
+        ``cands`` normalized (``_shared_rest``): each kept input and op is
+        computed and added under a ``tf.cond`` on its mask entry; dropped
         ones cost nothing."""
         self._build_input_layers(cands, inp_names, sizes)
         zeros = _zeros(cands[0], self.layers_by_name[inp_names[2]].filters)
@@ -274,14 +280,120 @@ class OneShotModel(keras.Model):
             out.set_shape(zeros.shape)
             return out
 
+        bn, _, conv = (self.layers_by_name[n] for n in inp_names)
+
+        def input_part(x_hat, lo, hi):
+            kernel = tf.cast(conv.kernel[:, :, lo:hi, :], conv.compute_dtype)
+            return tf.nn.conv2d(self._affine_relu(x_hat, bn, lo, hi), kernel, strides=1, padding="VALID")
+
         h = None
-        for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
-            h = cond_add(input_mask[j], h, lambda x=x, lo=lo, hi=hi: self._input_part(x, inp_names, lo, hi,
-                                                                                      num_ghost))
+        for j, (x_hat, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
+            h = cond_add(input_mask[j], h, lambda x_hat=x_hat, lo=lo, hi=hi: input_part(x_hat, lo, hi))
+        # ops that start with BN read h normalized (once, if any of them is kept)
+        normed = [o for o, names in enumerate(op_names) if names and names[0].endswith("_bn1")]
+        if normed:
+            keep_normed = tf.reduce_max(tf.gather(op_mask, normed))
+            h_hat = tf.cond(keep_normed > 0, lambda: self._normalize(h, num_ghost), lambda: h)
+            h_hat.set_shape(h.shape)
         out = None
         for o, layer_names in enumerate(op_names):
-            out = cond_add(op_mask[o], out, lambda names=layer_names: self._run(names, h, num_ghost))
+            if o in normed:
+                fn = lambda names=layer_names: self._run_normalized(names, h_hat, num_ghost)
+            else:
+                fn = lambda names=layer_names: self._run(names, h, num_ghost)
+            out = cond_add(op_mask[o], out, fn)
         return out
+
+    # -- one architecture for every ghost batch: normalize each state once ----
+    def _normalize(self, x, num_ghost):
+        """``x`` normalized per ghost batch and channel, without gamma/beta."""
+        ones = tf.ones(x.shape[-1:], tf.float32)
+        return ghost_batch_norm(x, ones, tf.zeros_like(ones), num_ghost, self.bn_epsilon)
+
+    @staticmethod
+    def _affine_relu(x_hat, bn, lo=None, hi=None):
+        """ReLU of a ghost BN's ``gamma * x_hat + beta`` (channels ``lo:hi``),
+        ``x_hat`` already normalized: one fused inference-mode kernel."""
+        gamma, beta = bn.gamma[lo:hi], bn.beta[lo:hi]
+        # inference mode with mean 0 and variance 1 - eps: the scale is
+        # rsqrt(1 - eps + eps) = 1 to float precision
+        eps = 1.001e-5  # the smallest epsilon the fused kernel takes
+        mean = tf.zeros_like(gamma)
+        y = tf.compat.v1.nn.fused_batch_norm(tf.cast(x_hat, tf.float32), gamma, beta, mean=mean,
+                                             variance=mean + (1.0 - eps), epsilon=eps, is_training=False)[0]
+        return tf.cast(tf.nn.relu(y), bn.compute_dtype)
+
+    def _run_normalized(self, names, x_hat, num_ghost):
+        """``_run`` over layers that start with BN-ReLU, given the BN's input
+        already normalized per ghost batch."""
+        bn = self.layers_by_name[names[0]]
+        return self._run(names[2:], self._affine_relu(x_hat, bn), num_ghost)
+
+    def candidates_logits(self, images, input_mask, op_mask, num_ghost: int = 1, parallel_iterations: int = 2):
+        """Logits ``[K, N, classes]`` of ``K`` architectures on the same
+        ``N`` images: ``input_mask [K, num_blocks, num_blocks + 1]`` and
+        ``op_mask [K, num_blocks, num_ops]`` hold one ``space.encode`` output
+        per candidate, each shared by the ``num_ghost`` ghost batches.
+
+        Equals ``call`` on each candidate in turn; the stem, which no
+        architecture changes, runs once for all of them, then an in-graph
+        loop (``parallel_iterations`` candidates in flight) runs each
+        candidate's own inputs and ops.
+        """
+        input_mask = tf.cast(input_mask, tf.float32)
+        op_mask = tf.cast(op_mask, tf.float32)
+        nb, mi, no = self.space.num_blocks, self.space.max_inputs, len(self.space.ops)
+        if input_mask.shape[1:] != (nb, mi) or op_mask.shape[1:] != (nb, no) \
+                or input_mask.shape[0] != op_mask.shape[0]:
+            raise ValueError(f"candidates_logits takes input_mask [K, {nb}, {mi}] and op_mask [K, {nb}, {no}], "
+                             f"got {input_mask.shape} and {op_mask.shape}")
+        num_ghost = int(num_ghost)
+        if images.shape[0] is not None and images.shape[0] % num_ghost:
+            raise ValueError(f"a batch of {images.shape[0]} does not split into {num_ghost} ghost batches")
+        stem = self._shared_stem(self.standardize(images), num_ghost)
+
+        def one(masks):
+            return tf.cast(self._shared_rest(stem, masks[0], masks[1], num_ghost), tf.float32)
+
+        if int(input_mask.shape[0]) == 1:
+            return one((input_mask[0], op_mask[0]))[None]
+        return tf.map_fn(one, (input_mask, op_mask), fn_output_signature=tf.float32,
+                         parallel_iterations=parallel_iterations)
+
+    def _shared_stem(self, x, num_ghost):
+        """The stem's output, normalized per ghost batch (``_shared_rest``)."""
+        names = self._structure[0]
+        return self._normalize(self._run(names, x, num_ghost), num_ghost)
+
+    def _shared_rest(self, stem, input_mask, op_mask, num_ghost):
+        """The forward pass after the stem for one architecture shared by
+        every ghost batch.
+
+        Every state (stem, reductions, block outputs, hence cell outputs) is
+        read only through a ghost BN (BN-ReLU-Conv order), and within a
+        ghost batch a tensor's statistics are the same for every reader. So
+        each state is normalized once, when it is made, and each reader
+        applies only its own gamma/beta (with the ReLU, one fused kernel): a
+        cell output read by several blocks and cells costs one set of
+        statistics, not one per reader.
+        """
+        values: List[tf.Tensor] = [stem]  # normalized states
+        cell = 0
+        for node, names in zip(self.plan[1:], self._structure[1:]):
+            if node.kind == "reduce":
+                y = self._run_normalized(names, values[node.deps[0]], num_ghost)
+                values.append(self._normalize(y, num_ghost))
+            elif node.kind == "cell":
+                cands = [values[d] for d in node.deps]
+                for i, (inp_names, op_names) in enumerate(names):
+                    k = self.space.num_candidate_inputs(i)
+                    out = self._shared_block(cands[:k], inp_names, op_names, input_mask[i, :k], op_mask[i],
+                                             self._cand_channels[(cell, i)], num_ghost)
+                    cands.append(self._normalize(out, num_ghost))
+                values.append(tf.concat(cands[2:], axis=-1))
+                cell += 1
+            else:
+                return tf.cast(self._run_normalized(names, values[node.deps[0]], num_ghost), tf.float32)
 
     def _build_input_layers(self, cands, names, sizes):
         bn, _, conv = (self.layers_by_name[n] for n in names)

@@ -193,6 +193,11 @@ def test_shared_and_per_ghost_mask_errors(oneshot):
                  "op_mask": np.stack([enc["op_mask"]] * 2)}, num_ghost=3)
     with pytest.raises(ValueError, match="a batch of 6 does not split into 4 ghost batches"):
         oneshot({"images": x, "input_mask": enc["input_mask"], "op_mask": enc["op_mask"]}, num_ghost=4)
+    # the loop over candidates takes a stack of encodings
+    with pytest.raises(ValueError, match=r"candidates_logits takes input_mask \[K, 3, 4\] and op_mask \[K, 3, 7\]"):
+        oneshot.candidates_logits(x, enc["input_mask"], enc["op_mask"])
+    with pytest.raises(ValueError, match="a batch of 6 does not split into 4 ghost batches"):
+        oneshot.candidates_logits(x, enc["input_mask"][None], enc["op_mask"][None], num_ghost=4)
 
 
 def test_different_archs_give_different_outputs(oneshot, standalone):
