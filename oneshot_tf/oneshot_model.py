@@ -15,7 +15,7 @@ scored (``candidates_logits``: several candidates on the same images, the
 stem run once): the model runs the candidate's own inputs and ops only, each
 under a ``tf.cond`` on its mask entry, with no mask multiplications, gathers
 or scatters (``_shared_block``), and normalizes each state once for all its
-readers (``_shared_rest``), so one candidate costs less than its own
+readers (``_rest``), so one candidate costs less than its own
 stand-alone network, and it compiles with XLA (static shapes).
 
 The batch (axis 0) holds ``G`` consecutive ghost batches of equal size; each
@@ -187,35 +187,56 @@ class OneShotModel(keras.Model):
         batch = images.shape[0]
         if batch is not None and batch % num_ghost:
             raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
-        x = self.standardize(images)
+        stem = self._stem(self.standardize(images), num_ghost)
         if shared:
-            return self._shared_rest(self._shared_stem(x, num_ghost), input_mask, op_mask, num_ghost)
-        values: List[tf.Tensor] = []
+            return self._rest(stem, lambda i, *args: self._shared_block(*args, input_mask[i], op_mask[i]),
+                              num_ghost)
+        return self._rest(stem, lambda i, *args: self._masked_block(*args, input_mask[:, i], op_mask[:, i]),
+                          num_ghost)
+
+    def _stem(self, x, num_ghost):
+        """The stem's output, normalized per ghost batch (see ``_rest``)."""
+        return self._normalize(self._run(self._structure[0], x, num_ghost), num_ghost)
+
+    def _rest(self, stem, block, num_ghost):
+        """The forward pass after the stem; ``block(i, cands, inp_names,
+        op_names, sizes, num_ghost)`` computes block ``i`` of a cell.
+
+        Every state (stem, reductions, block outputs, hence cell outputs) is
+        read only through a ghost BN (BN-ReLU-Conv order), and within a ghost
+        batch a tensor's statistics are the same for every reader.  So each
+        state is normalized once, when it is made, and each reader applies
+        only its own gamma/beta (with the ReLU, one fused kernel): a cell
+        output read by several blocks and cells costs one set of statistics,
+        not one per reader.
+        """
+        values: List[tf.Tensor] = [stem]  # normalized states
         cell = 0
-        for node, names in zip(self.plan, self._structure):
-            if node.kind == "stem":
-                values.append(self._run(names, x, num_ghost))
-            elif node.kind == "reduce":
-                values.append(self._run(names, values[node.deps[0]], num_ghost))
+        for node, names in zip(self.plan[1:], self._structure[1:]):
+            if node.kind == "reduce":
+                y = self._run_normalized(names, values[node.deps[0]], num_ghost)
+                values.append(self._normalize(y, num_ghost))
             elif node.kind == "cell":
                 cands = [values[d] for d in node.deps]
                 for i, (inp_names, op_names) in enumerate(names):
                     k = self.space.num_candidate_inputs(i)
-                    if shared:
-                        cands.append(self._shared_block(cands[:k], inp_names, op_names, input_mask[i, :k],
-                                                        op_mask[i], self._cand_channels[(cell, i)], num_ghost))
-                        continue
-                    h = self._block_input(cands[:k], inp_names, input_mask[:, i, :k],
-                                          self._cand_channels[(cell, i)], num_ghost)
-                    out = None
-                    for o, layer_names in enumerate(op_names):
-                        y = self._masked_op(layer_names, h, op_mask[:, i, o], num_ghost)
-                        out = y if out is None else out + y
-                    cands.append(out)
+                    out = block(i, cands[:k], inp_names, op_names, self._cand_channels[(cell, i)], num_ghost)
+                    cands.append(self._normalize(out, num_ghost))
                 values.append(tf.concat(cands[2:], axis=-1))
                 cell += 1
             else:
-                return tf.cast(self._run(names, values[node.deps[0]], num_ghost), tf.float32)
+                return tf.cast(self._run_normalized(names, values[node.deps[0]], num_ghost), tf.float32)
+
+    def _masked_block(self, cands, inp_names, op_names, sizes, num_ghost, input_mask, op_mask):
+        """One block with per-ghost masks (``input_mask [G, num_blocks + 1]``,
+        ``op_mask [G, num_ops]``), its candidate inputs normalized."""
+        k = len(cands)
+        h = self._block_input(cands, inp_names, input_mask[:, :k], sizes, num_ghost)
+        out = None
+        for o, layer_names in enumerate(op_names):
+            y = self._masked_op(layer_names, h, op_mask[:, o], num_ghost)
+            out = y if out is None else out + y
+        return out
 
     def _block_input_parts(self, cands, names, mask, sizes, num_ghost, concat=False):
         """BN-ReLU-1x1 conv over the concatenated candidate inputs, input ``j``
@@ -226,7 +247,8 @@ class OneShotModel(keras.Model):
         goes through its own slice of gamma, beta and the kernel, and an input
         that no ghost batch keeps costs nothing (static shapes throughout).
         """
-        bn, relu, conv = (self.layers_by_name[n] for n in names)
+        self._build_input_layers(cands, names, sizes)
+        bn, _, conv = (self.layers_by_name[n] for n in names)
 
         def concatenated():
             x = tf.concat(cands, axis=-1)
@@ -235,11 +257,10 @@ class OneShotModel(keras.Model):
             # the gradient of a tf.cond branch, where tf.repeat's is not).
             owner = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
             ch_mask = tf.gather(mask, owner, axis=1)
-            return conv(mask_ghost(relu(bn(x, num_ghost=num_ghost)), ch_mask, num_ghost))
+            return conv(mask_ghost(self._affine_relu(x, bn), ch_mask, num_ghost))
 
         if not self.skip_inactive or concat:
             return concatenated()
-        self._build_input_layers(cands, names, sizes)
         out_shape = cands[0].shape[:-1].concatenate([conv.filters])
         total = None
         for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
@@ -253,21 +274,21 @@ class OneShotModel(keras.Model):
             total = y if total is None else total + y
         return total
 
-    def _input_part(self, x, names, lo, hi, num_ghost, mask=None):
+    def _input_part(self, x_hat, names, lo, hi, num_ghost, mask=None):
         """One input's share of a block's input node: BN-ReLU-1x1 conv with
-        channels ``lo:hi`` of the block's gamma, beta and kernel (zeroed on
-        the ghost batches where ``mask`` is 0)."""
+        channels ``lo:hi`` of the block's gamma, beta and kernel, the input
+        already normalized (zeroed on the ghost batches where ``mask`` is 0)."""
         bn, _, conv = (self.layers_by_name[n] for n in names)
-        y = tf.nn.relu(ghost_batch_norm(x, bn.gamma[lo:hi], bn.beta[lo:hi], num_ghost, bn.epsilon))
+        y = self._affine_relu(x_hat, bn, lo, hi)
         if mask is not None:
             y = mask_ghost(y, mask, num_ghost)
-        kernel = tf.cast(conv.kernel[:, :, lo:hi, :], x.dtype)  # the conv's compute dtype
+        kernel = tf.cast(conv.kernel[:, :, lo:hi, :], y.dtype)  # the conv's compute dtype
         return tf.nn.conv2d(y, kernel, strides=1, padding="VALID")
 
-    def _shared_block(self, cands, inp_names, op_names, input_mask, op_mask, sizes, num_ghost):
+    def _shared_block(self, cands, inp_names, op_names, sizes, num_ghost, input_mask, op_mask):
         """One block for one architecture shared by every ghost batch
         (``input_mask [k]``, ``op_mask [num_ops]``), its candidate inputs
-        ``cands`` normalized (``_shared_rest``): each kept input and op is
+        ``cands`` normalized (``_rest``): each kept input and op is
         computed and added under a ``tf.cond`` on its mask entry; dropped
         ones cost nothing."""
         self._build_input_layers(cands, inp_names, sizes)
@@ -280,15 +301,10 @@ class OneShotModel(keras.Model):
             out.set_shape(zeros.shape)
             return out
 
-        bn, _, conv = (self.layers_by_name[n] for n in inp_names)
-
-        def input_part(x_hat, lo, hi):
-            kernel = tf.cast(conv.kernel[:, :, lo:hi, :], conv.compute_dtype)
-            return tf.nn.conv2d(self._affine_relu(x_hat, bn, lo, hi), kernel, strides=1, padding="VALID")
-
         h = None
         for j, (x_hat, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
-            h = cond_add(input_mask[j], h, lambda x_hat=x_hat, lo=lo, hi=hi: input_part(x_hat, lo, hi))
+            h = cond_add(input_mask[j], h,
+                         lambda x_hat=x_hat, lo=lo, hi=hi: self._input_part(x_hat, inp_names, lo, hi, num_ghost))
         # ops that start with BN read h normalized (once, if any of them is kept)
         normed = [o for o, names in enumerate(op_names) if names and names[0].endswith("_bn1")]
         if normed:
@@ -327,6 +343,8 @@ class OneShotModel(keras.Model):
         """``_run`` over layers that start with BN-ReLU, given the BN's input
         already normalized per ghost batch."""
         bn = self.layers_by_name[names[0]]
+        if not bn.built:
+            bn.build(x_hat.shape)
         return self._run(names[2:], self._affine_relu(x_hat, bn), num_ghost)
 
     def candidates_logits(self, images, input_mask, op_mask, num_ghost: int = 1, parallel_iterations: int = 2):
@@ -350,50 +368,16 @@ class OneShotModel(keras.Model):
         num_ghost = int(num_ghost)
         if images.shape[0] is not None and images.shape[0] % num_ghost:
             raise ValueError(f"a batch of {images.shape[0]} does not split into {num_ghost} ghost batches")
-        stem = self._shared_stem(self.standardize(images), num_ghost)
+        stem = self._stem(self.standardize(images), num_ghost)
 
         def one(masks):
-            return tf.cast(self._shared_rest(stem, masks[0], masks[1], num_ghost), tf.float32)
+            block = lambda i, *args: self._shared_block(*args, masks[0][i], masks[1][i])
+            return tf.cast(self._rest(stem, block, num_ghost), tf.float32)
 
         if int(input_mask.shape[0]) == 1:
             return one((input_mask[0], op_mask[0]))[None]
         return tf.map_fn(one, (input_mask, op_mask), fn_output_signature=tf.float32,
                          parallel_iterations=parallel_iterations)
-
-    def _shared_stem(self, x, num_ghost):
-        """The stem's output, normalized per ghost batch (``_shared_rest``)."""
-        names = self._structure[0]
-        return self._normalize(self._run(names, x, num_ghost), num_ghost)
-
-    def _shared_rest(self, stem, input_mask, op_mask, num_ghost):
-        """The forward pass after the stem for one architecture shared by
-        every ghost batch.
-
-        Every state (stem, reductions, block outputs, hence cell outputs) is
-        read only through a ghost BN (BN-ReLU-Conv order), and within a
-        ghost batch a tensor's statistics are the same for every reader. So
-        each state is normalized once, when it is made, and each reader
-        applies only its own gamma/beta (with the ReLU, one fused kernel): a
-        cell output read by several blocks and cells costs one set of
-        statistics, not one per reader.
-        """
-        values: List[tf.Tensor] = [stem]  # normalized states
-        cell = 0
-        for node, names in zip(self.plan[1:], self._structure[1:]):
-            if node.kind == "reduce":
-                y = self._run_normalized(names, values[node.deps[0]], num_ghost)
-                values.append(self._normalize(y, num_ghost))
-            elif node.kind == "cell":
-                cands = [values[d] for d in node.deps]
-                for i, (inp_names, op_names) in enumerate(names):
-                    k = self.space.num_candidate_inputs(i)
-                    out = self._shared_block(cands[:k], inp_names, op_names, input_mask[i, :k], op_mask[i],
-                                             self._cand_channels[(cell, i)], num_ghost)
-                    cands.append(self._normalize(out, num_ghost))
-                values.append(tf.concat(cands[2:], axis=-1))
-                cell += 1
-            else:
-                return tf.cast(self._run_normalized(names, values[node.deps[0]], num_ghost), tf.float32)
 
     def _build_input_layers(self, cands, names, sizes):
         bn, _, conv = (self.layers_by_name[n] for n in names)
