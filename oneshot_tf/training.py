@@ -268,7 +268,14 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         return out
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
-    progbar = keras.utils.Progbar(cfg.steps, verbose=1 if cfg.verbose else 0, unit_name="step")
+    # The bar shows loss and accuracy averaged over the steps since its last
+    # update (stateful: Keras would otherwise average from the first step
+    # during the run and show the last step alone at the end).
+    shown = ("loss", "accuracy")
+    progbar = keras.utils.Progbar(cfg.steps, verbose=1 if cfg.verbose else 0, unit_name="step",
+                                  stateful_metrics=shown)
+    sums: Dict[str, float] = {}
+    count = 0
     if start:
         progbar.update(start)
     last_saved = start
@@ -279,6 +286,10 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         metrics = {k: float(v) for k, v in out.items()}
         if not math.isfinite(metrics["loss"]):
             raise _diverged(description, f"loss became {metrics['loss']}", step, last_saved, model_dir)
+        count += 1
+        for k in shown:
+            if k in metrics:
+                sums[k] = sums.get(k, 0.0) + metrics[k]
         if sigterm is not None and sigterm.is_set():
             manager.save(checkpoint_number=step)
             _preempted(description, model_dir, step_var)()
@@ -294,7 +305,8 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
                     for k, v in task.summaries(min(step / total, 1.0)).items():
                         tf.summary.scalar(k, v)
                 writer.flush()
-            progbar.update(step, [(k, metrics[k]) for k in ("loss", "accuracy") if k in metrics])
+            progbar.update(step, [(k, v / count) for k, v in sums.items()])
+            sums, count = {}, 0
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if not bool(all_finite(variables)):
                 raise _diverged(description, "weights became NaN or infinite", step, last_saved, model_dir)

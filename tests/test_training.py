@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import os
+import re
 import types
 
 import keras
@@ -464,3 +465,16 @@ def test_sigterm_where_tf_preemption_handling_stands_aside(tmp_path, monkeypatch
     straight = ScalarTask()
     train(straight, x, y, cfg, str(tmp_path / "straight"))
     assert task.model.trainable_variables[0].numpy() == pytest.approx(straight.model.trainable_variables[0].numpy())
+
+
+def test_progress_bar_shows_means_over_each_log_interval(tmp_path, capsys):
+    """Loss on the bar: the mean over the steps since its last update (steps
+    1-3, then 4-6), not a mean from the first step nor the last step alone."""
+    task = ScalarTask()
+    x, y = _scalar_data()
+    train(task, x, y, _scalar_cfg(log_every=3, verbose=True), str(tmp_path / "ckpt"))
+    shown = [float(v) for v in re.findall(r"loss: (-?\d+\.\d+)", capsys.readouterr().out)]
+    w = [0.0] + _hand_sgd_nesterov_cosine(6, 0.1)  # the loss of step i is w before its update
+    assert shown[-1] == pytest.approx(np.mean(w[3:6]), abs=1e-4)
+    assert shown[0] == pytest.approx(np.mean(w[0:3]), abs=1e-4)
+    assert abs(np.mean(w[3:6]) - np.mean(w[0:6])) > 1e-2 and abs(np.mean(w[3:6]) - w[5]) > 1e-2
