@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -280,20 +280,32 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         progbar.update(start)
     last_saved = start
     metrics: Dict[str, float] = {}
+    # Step results are read on the host only when something needs them (a
+    # log line, a checkpoint, SIGTERM), not after every step, so the device
+    # runs ahead of Python; every step's loss is still checked, in order.
+    pending: List[Dict[str, tf.Tensor]] = []
     t0, n0 = time.time(), start
     for step in range(start + 1, cfg.steps + 1):
         out = preemption.run(train_step, iterator) if preemption is not None else train_step(iterator)
-        metrics = {k: float(v) for k, v in out.items()}
-        if not math.isfinite(metrics["loss"]):
-            raise _diverged(description, f"loss became {metrics['loss']}", step, last_saved, model_dir)
-        count += 1
-        for k in shown:
-            if k in metrics:
-                sums[k] = sums.get(k, 0.0) + metrics[k]
-        if sigterm is not None and sigterm.is_set():
+        pending.append(out)
+        log = step % cfg.log_every == 0 or step == cfg.steps
+        save = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        stop = sigterm is not None and sigterm.is_set()
+        if not (log or save or stop):
+            continue
+        for s, out in enumerate(pending, start=step - len(pending) + 1):
+            metrics = {k: float(v) for k, v in out.items()}
+            if not math.isfinite(metrics["loss"]):
+                raise _diverged(description, f"loss became {metrics['loss']}", s, last_saved, model_dir)
+            count += 1
+            for k in shown:
+                if k in metrics:
+                    sums[k] = sums.get(k, 0.0) + metrics[k]
+        pending = []
+        if stop:
             manager.save(checkpoint_number=step)
             _preempted(description, model_dir, step_var)()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if log:
             elapsed = time.time() - t0
             metrics["examples_per_second"] = (step - n0) * cfg.batch_size / max(elapsed, 1e-9)
             t0, n0 = time.time(), step
@@ -307,7 +319,7 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
                 writer.flush()
             progbar.update(step, [(k, v / count) for k, v in sums.items()])
             sums, count = {}, 0
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if save:
             if not bool(all_finite(variables)):
                 raise _diverged(description, "weights became NaN or infinite", step, last_saved, model_dir)
             manager.save(checkpoint_number=step)

@@ -154,12 +154,15 @@ def test_batch_size_not_divisible_by_replicas_raises(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_with_last_good_checkpoint_kept(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_nan_loss_stops_with_last_good_checkpoint_kept(tmp_path, log_every):
+    """With log_every=3 the losses of steps 5 and 6 are read together at step
+    6 (not after every step): the error still names step 5."""
     model_dir = str(tmp_path / "ckpt")
     task = ScalarTask(nan_at_step=5, total_steps=6)
     x, y = _scalar_data()
     with pytest.raises(TrainingDivergedError) as info:
-        train(task, x, y, _scalar_cfg(), model_dir, description="scalar run")
+        train(task, x, y, _scalar_cfg(log_every=log_every), model_dir, description="scalar run")
     msg = str(info.value)
     assert "scalar run" in msg
     assert "at step 5" in msg
