@@ -52,7 +52,7 @@ HELP = {
     "precision": "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with dynamic loss scaling); "
                  "BN statistics, normalizations, softmax and losses stay float32.",
     "checkpoint_every": "Steps between checkpoints.",
-    "log_every": "Steps between TensorBoard/progress updates.",
+    "log_every": "Steps between TensorBoard/progress updates (and host reads of the step results).",
 }
 
 FLAGS = flags.FLAGS
