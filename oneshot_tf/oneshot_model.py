@@ -239,8 +239,9 @@ class OneShotModel(keras.Model):
         return out
 
     def _block_input_parts(self, cands, names, mask, sizes, num_ghost, concat=False):
-        """BN-ReLU-1x1 conv over the concatenated candidate inputs, input ``j``
-        of ghost batch ``g`` zeroed where ``mask[g, j] == 0``.
+        """BN-ReLU-1x1 conv over the concatenated candidate inputs (already
+        normalized: the block's gamma/beta with the ReLU, then the conv),
+        input ``j`` of ghost batch ``g`` zeroed where ``mask[g, j] == 0``.
 
         BN is per channel and a 1x1 convolution of a concatenation is the sum
         of convolutions of its parts, so with ``skip_inactive`` each input
