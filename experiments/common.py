@@ -34,7 +34,8 @@ HELP = {
     "search": "How candidates are chosen: random (the papers' method), refine (SMASH's perturbation chain) "
               "or evolution (regularized evolution); the last two are keras-tuner searches in DIR/tuner.",
     "num_candidates": "Candidates to score.",
-    "candidates_per_pass": "Candidates scored in one compiled pass (each on the same examples, in its own ghost batches).",
+    "candidates_per_pass": ("Candidates scored in one compiled pass (each on the same examples, in its own ghost "
+                            "batches)."),
     "score_examples": "Validation examples used to score a candidate (0: all).",
     "kl_examples": "Unlabeled training examples for the symmetrized-KL score (0: off).",
     "num_winners": "Best candidates to retrain stand-alone and export.",
