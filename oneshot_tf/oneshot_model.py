@@ -184,9 +184,6 @@ class OneShotModel(keras.Model):
                 input_mask = tf.tile(input_mask[None], [num_ghost, 1, 1])
                 op_mask = tf.tile(op_mask[None], [num_ghost, 1, 1])
                 shared = False
-        batch = images.shape[0]
-        if batch is not None and batch % num_ghost:
-            raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
         stem = self._stem(self.standardize(images), num_ghost)
         if shared:
             return self._rest(stem, lambda i, *args: self._shared_block(*args, input_mask[i], op_mask[i]),
@@ -196,6 +193,9 @@ class OneShotModel(keras.Model):
 
     def _stem(self, x, num_ghost):
         """The stem's output, normalized per ghost batch (see ``_rest``)."""
+        batch = x.shape[0]
+        if batch is not None and batch % num_ghost:
+            raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
         return self._normalize(self._run(self._structure[0], x, num_ghost), num_ghost)
 
     def _rest(self, stem, block, num_ghost):
@@ -321,7 +321,7 @@ class OneShotModel(keras.Model):
             out = cond_add(op_mask[o], out, fn)
         return out
 
-    # -- one architecture for every ghost batch: normalize each state once ----
+    # -- states normalized once (``_rest``), readers apply gamma/beta --------
     def _normalize(self, x, num_ghost):
         """``x`` normalized per ghost batch and channel, without gamma/beta."""
         ones = tf.ones(x.shape[-1:], tf.float32)
@@ -367,8 +367,6 @@ class OneShotModel(keras.Model):
             raise ValueError(f"candidates_logits takes input_mask [K, {nb}, {mi}] and op_mask [K, {nb}, {no}], "
                              f"got {input_mask.shape} and {op_mask.shape}")
         num_ghost = int(num_ghost)
-        if images.shape[0] is not None and images.shape[0] % num_ghost:
-            raise ValueError(f"a batch of {images.shape[0]} does not split into {num_ghost} ghost batches")
         stem = self._stem(self.standardize(images), num_ghost)
 
         def one(masks):
