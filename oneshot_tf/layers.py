@@ -80,8 +80,8 @@ class GhostBatchNorm(keras.layers.Layer):
 def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float, ghost_size=None):
     """The computation of ``GhostBatchNorm`` with explicit ``gamma``/``beta``.
 
-    ``num_ghost`` is a Python int (fused kernels) or a tensor; a tensor count
-    may be 0 (an empty batch) when ``ghost_size`` (a Python int) is given.
+    ``num_ghost`` is a Python int (fused kernels) or a tensor (a gathered
+    subset of ghost batches, never empty) with ``ghost_size`` a Python int.
     Statistics and normalization are computed in float32 whatever the dtype
     of ``x`` (bfloat16/float16 under mixed precision); the result has the
     dtype of ``x``.

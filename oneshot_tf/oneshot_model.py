@@ -27,12 +27,13 @@ are not rescaled, so the masked model computes exactly what the stand-alone
 model of the same architecture computes with the same weights (see
 ``models.transfer_oneshot_weights`` and the tests).
 
-With ``skip_inactive=True`` an op with weights is computed only on the ghost
-batches that keep it (gathered and scattered back inside the one compiled
-step, no control flow), so a training step gets cheaper as path dropout
-grows.  With ``static_shapes=True`` (for XLA/TPU) shapes stay static and
-``tf.cond`` skips an op or input only when no ghost batch keeps it.  Masks
-are 0/1.
+With ``skip_inactive=True`` an op with weights that no ghost batch keeps is
+skipped under a ``tf.cond`` (no layer ever runs on an empty batch), and one
+that some keep is computed only on the ghost batches that keep it (gathered
+and scattered back inside the one compiled step), so a training step gets
+cheaper as path dropout grows.  With ``static_shapes=True`` (for XLA/TPU)
+shapes stay static: a kept op runs on the whole batch, masked, and ``tf.cond``
+skips an op or input only when no ghost batch keeps it.  Masks are 0/1.
 
 Mixed precision: built under a mixed global policy (``oneshot_tf.precision``),
 convolutions compute in bfloat16/float16 with float32 variables.  Float32
@@ -388,10 +389,15 @@ class OneShotModel(keras.Model):
     def _block_input(self, cands, names, mask, sizes, num_ghost):
         """The block's input node.
 
-        Dynamic shapes (CPU/GPU): one concatenated BN-ReLU-1x1 convolution with
-        the dropped inputs' channels zeroed, no control flow.  Static shapes
-        (XLA/TPU) with ``skip_inactive``: when some input is unused by every
-        ghost batch, input by input (``_block_input_parts``), skipping it."""
+        Dynamic shapes (CPU/GPU): one concatenated BN-ReLU-1x1 convolution
+        over the whole batch with the dropped inputs' channels zeroed per
+        ghost batch, no control flow (an input never runs on a subset of the
+        ghost batches, so never on an empty one; a dropped input's slices of
+        gamma, beta and the kernel get exactly zero gradient).  Static shapes
+        (XLA/TPU) with ``skip_inactive``: when some input is kept by no ghost
+        batch, input by input (``_block_input_parts``), skipping it.  (Input
+        by input on CPU too made the quick preset's training step compile
+        ~30% longer and run slower, for a 1x1 convolution's worth of work.)"""
         if not self.skip_inactive or not self.static_shapes:
             return self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True)
         every = tf.reduce_all(tf.reduce_any(mask > 0, axis=0))
@@ -404,13 +410,16 @@ class OneShotModel(keras.Model):
     def _masked_op(self, names, h, mask, num_ghost):
         """``mask[g] * op(h)`` per ghost batch ``g`` (masks are 0/1).
 
-        ``skip_inactive`` with ``static_shapes=False`` (CPU/GPU): an op with
-        weights runs only on the ghost batches that keep it (gathered, run,
-        scattered back; an op nobody keeps runs on an empty batch), so its
-        cost follows the number of candidates using it, with no control flow
-        in the graph (which keeps compilation fast).  ``static_shapes=True``
-        (XLA/TPU): the op runs on the whole batch and is skipped with a
-        ``tf.cond`` only when no ghost batch keeps it.
+        With ``skip_inactive``, an op with weights that no ghost batch keeps
+        is skipped outright under a ``tf.cond``: no layer ever runs on an
+        empty batch (TensorFlow's depthwise filter gradient of an empty batch
+        is uninitialized memory on CPU, tensorflow/tensorflow#9949), and its
+        weights get exactly zero gradient.  Kept by some ghost batch, it runs
+        with ``static_shapes=False`` (CPU/GPU) only on those ghost batches
+        (gathered, run, scattered back), so its cost follows the number of
+        ghost batches using it; with ``static_shapes=True`` (XLA/TPU) on the
+        whole batch, masked.  Weightless ops (pooling, identity) run on the
+        whole batch, masked (under the ``tf.cond`` too with static shapes).
         """
         def run_all():
             return mask_ghost(self._run(names, h, num_ghost), mask, num_ghost)
@@ -418,8 +427,14 @@ class OneShotModel(keras.Model):
         weightless = not names or names[0].endswith("_pool")
         if not self.skip_inactive or (weightless and not self.static_shapes):
             return run_all()
-        if self.static_shapes:
-            return tf.cond(tf.reduce_any(mask > 0), run_all, lambda: tf.zeros_like(h))
+        run = run_all if self.static_shapes else (lambda: self._run_kept_ghosts(names, h, mask, num_ghost))
+        out = tf.cond(tf.reduce_any(mask > 0), run, lambda: tf.zeros_like(h))
+        out.set_shape(h.shape)
+        return out
+
+    def _run_kept_ghosts(self, names, h, mask, num_ghost):
+        """``_run`` on the ghost batches where ``mask > 0`` (at least one),
+        scattered back into zeros of ``h``'s shape."""
         idx = tf.where(mask > 0)[:, 0]
         ghost = int(h.shape[0]) // num_ghost if h.shape[0] is not None else None
         shape = tf.shape(h)
