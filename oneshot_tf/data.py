@@ -34,6 +34,7 @@ __all__ = [
     "load_dataset",
     "make_tf_dataset",
     "augment_batch",
+    "resize_images",
     "split_indices",
 ]
 
@@ -68,7 +69,9 @@ class ImageDataset:
 
     Images are uint8 NHWC arrays, labels int64 vectors.  ``natural_images``
     is True for photographs (horizontal-flip augmentation makes sense) and
-    False for e.g. digits.
+    False for e.g. digits.  ``source_image_shape`` is the (H, W, C) of the
+    images before ``load_dataset(image_size=...)`` resized them (default:
+    ``image_shape``, i.e. not resized).
     """
 
     name: str
@@ -80,6 +83,7 @@ class ImageDataset:
     y_test: np.ndarray = dataclasses.field(repr=False)
     num_classes: int
     natural_images: bool
+    source_image_shape: Optional[Tuple[int, int, int]] = None
 
     def __post_init__(self):
         # Cheap structural checks only (full validation happens in loaders).
@@ -97,6 +101,13 @@ class ImageDataset:
                 raise _err(self.name, split, f"image shape {x.shape[1:]} differs from train image shape {shape}")
         if int(self.num_classes) < 1:
             raise _err(self.name, None, f"num_classes must be >= 1, got {self.num_classes}")
+        source = self.image_shape if self.source_image_shape is None else self.source_image_shape
+        source = tuple(source) if isinstance(source, (tuple, list)) else ()
+        if (len(source) != 3 or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
+                                    for d in source) or source[-1] != shape[-1]):
+            raise _err(self.name, None, f"source_image_shape must be (H, W, {shape[-1]}) of positive ints, "
+                                        f"got {self.source_image_shape!r}")
+        object.__setattr__(self, "source_image_shape", tuple(int(d) for d in source))
 
     def _splits(self):
         return (
@@ -495,14 +506,41 @@ def _load_tfds(name: str, data_dir: Optional[str], validation_size: SizeSpec, te
                 num_classes=num_classes, natural_images=channels == 3)
 
 
-def _resize_uint8(x: np.ndarray, size: int) -> np.ndarray:
+def resize_images(images, size):
+    """Resizes a uint8 NHWC batch to ``size`` x ``size`` (or ``size=(h, w)``)
+    exactly as ``load_dataset(image_size=size)`` does; returns uint8.
+
+    Bilinear, antialiased ``tf.image.resize`` in float32, rounded half to even
+    and clipped to [0, 255]; images already of that size are returned
+    unchanged (the loader does not resize them either).  Works eagerly and
+    inside ``tf.function`` on images of any (even unknown) height and width,
+    which is how the exported SavedModel resizes the images it serves.
+    """
     import tensorflow as tf
 
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8 or images.shape.rank != 4:
+        raise DataError(f"resize_images needs uint8 NHWC images, got {images.dtype.name} "
+                        f"of shape {images.shape}")
+    h, w = (size, size) if isinstance(size, numbers.Integral) else size
+    h, w = int(h), int(w)
+
+    def resize():
+        r = tf.image.resize(tf.cast(images, tf.float32), [h, w], method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(r), 0.0, 255.0), tf.uint8)
+
+    if images.shape[1:3].is_fully_defined():
+        out = images if tuple(images.shape[1:3]) == (h, w) else resize()
+    else:
+        hw = tf.shape(images)[1:3]
+        out = tf.cond(tf.reduce_all(tf.equal(hw, [h, w])), lambda: images, resize)
+    return tf.ensure_shape(out, [None, h, w, images.shape[-1]])
+
+
+def _resize_uint8(x: np.ndarray, size: int) -> np.ndarray:
     out = np.empty((len(x), size, size, x.shape[-1]), np.uint8)
     for i in range(0, len(x), _RESIZE_CHUNK):
-        chunk = tf.convert_to_tensor(x[i:i + _RESIZE_CHUNK], dtype=tf.uint8)
-        r = tf.image.resize(tf.cast(chunk, tf.float32), [size, size], method="bilinear", antialias=True)
-        out[i:i + _RESIZE_CHUNK] = np.clip(np.rint(r.numpy()), 0, 255).astype(np.uint8)
+        out[i:i + _RESIZE_CHUNK] = resize_images(x[i:i + _RESIZE_CHUNK], size).numpy()
     return out
 
 
@@ -553,6 +591,7 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, image_size: Optio
         parts["x_train"] = parts["x_train"][:max_train_examples]
         parts["y_train"] = parts["y_train"][:max_train_examples]
 
+    source_image_shape = tuple(int(d) for d in parts["x_train"].shape[1:])
     if image_size is not None and parts["x_train"].shape[1:3] != (image_size, image_size):
         for key in ("x_train", "x_val", "x_test"):
             parts[key] = _resize_uint8(parts[key], image_size)
@@ -562,7 +601,8 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, image_size: Optio
     for key in ("y_train", "y_val", "y_test"):
         parts[key] = np.ascontiguousarray(parts[key], dtype=np.int64)
     return ImageDataset(name=name, num_classes=int(parts.pop("num_classes")),
-                        natural_images=bool(parts.pop("natural_images")), **parts)
+                        natural_images=bool(parts.pop("natural_images")),
+                        source_image_shape=source_image_shape, **parts)
 
 
 # ---------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     }
     if not write:
         return metrics
-    export_saved_model(model, export_path)
+    export_saved_model(model, export_path,
+                       source_image_shape=getattr(dataset, "source_image_shape", None))
     io_utils.write_json(metrics_path, metrics)
     logging.info("%s: test accuracy %.4f", out_dir, metrics["test_accuracy"])
     return metrics

@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,7 +15,7 @@ from oneshot_tf import data as data_lib
 from oneshot_tf import io_utils
 from oneshot_tf import retrain as retrain_lib
 from oneshot_tf.cell_space import Block, CellArchitecture, CellSearchSpace
-from oneshot_tf.export import export_saved_model, load_serving
+from oneshot_tf.export import export_saved_model, load_serving, serving_info
 from oneshot_tf.training import TrainConfig
 
 SHAPE = (8, 8, 3)
@@ -52,6 +55,10 @@ def test_export_round_trip_serves_probabilities(tmp_path):
     assert export_saved_model(model, path) == path
     x = _images(7, seed=1)
     expected = tf.nn.softmax(model(tf.constant(x), training=False), axis=-1).numpy()
+    # Images of another size, and the model on them resized as load_dataset(image_size=8) does.
+    raw = np.random.default_rng(4).integers(0, 256, size=(6, 11, 13, 3), dtype=np.uint8)
+    resized = data_lib.resize_images(raw, SHAPE[0]).numpy()
+    expected_raw = tf.nn.softmax(model(tf.constant(resized), training=False), axis=-1).numpy()
     batch_stats = tf.nn.softmax(model(tf.constant(x), training=True), axis=-1).numpy()
     assert not np.allclose(expected, batch_stats, atol=1e-4)  # the check below can tell them apart
 
@@ -60,19 +67,38 @@ def test_export_round_trip_serves_probabilities(tmp_path):
     assert got.shape == (7, CLASSES)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
-    # Input signature: a batch of raw uint8 NHWC images of any size.
+    # serve / serving_default: uint8 NHWC images of any size; serve_resized: of the model's size.
     (spec,) = loaded.serve.input_signature
-    assert spec.dtype == tf.uint8
-    assert spec.shape.as_list() == [None, *SHAPE]
-    sig = loaded.signatures["serve"]
-    (sig_spec,) = sig.structured_input_signature[1].values()
-    assert sig_spec.dtype == tf.uint8 and sig_spec.shape.as_list() == [None, *SHAPE]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, SHAPE[-1]]
+    (spec,) = loaded.serve_resized.input_signature
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, *SHAPE]
+    for name, hw in (("serve", [None, None]), ("serving_default", [None, None]), ("serve_resized", SHAPE[:2])):
+        (sig_spec,) = loaded.signatures[name].structured_input_signature[1].values()
+        assert sig_spec.dtype == tf.uint8 and sig_spec.shape.as_list() == [None, *hw, SHAPE[-1]], name
+    np.testing.assert_allclose(loaded.serve_resized(tf.constant(x)).numpy(), got, atol=1e-6)
     with pytest.raises((TypeError, ValueError)):
         loaded.serve(tf.constant(x.astype(np.float32)))
+    with pytest.raises((TypeError, ValueError)):
+        loaded.serve(tf.constant(_images(2)[..., :1]))  # 1 channel, the model takes 3
     # Any batch size, including one image.
     assert loaded.serve(tf.constant(x[:1])).shape == (1, CLASSES)
 
+    # Images of another size are resized inside exactly as load_dataset(image_size=8) does.
+    with tf.device("/CPU:0"):  # bit-identical on one device (see test_winner_serves_the_datasets_own_images)
+        got = loaded.serve(tf.constant(raw)).numpy()
+        np.testing.assert_array_equal(got, loaded.serve_resized(tf.constant(resized)).numpy())
+    np.testing.assert_allclose(got, expected_raw, atol=1e-5)
+    assert serving_info(path)["image_shape"] == serving_info(path)["source_image_shape"] == list(SHAPE)
+
     assert _leftovers(tmp_path) == []
+
+
+def test_export_rejects_a_source_shape_the_model_cannot_take(tmp_path):
+    model = _model()
+    for bad in ((28, 28, 1), (28, 28), (0, 28, 3), "28x28"):
+        with pytest.raises(ValueError, match="source_image_shape"):
+            export_saved_model(model, str(tmp_path / "sm"), source_image_shape=bad)
+    assert os.listdir(tmp_path) == []
 
 
 def test_load_serving_returns_a_working_serve_function(tmp_path):
@@ -85,6 +111,7 @@ def test_load_serving_returns_a_working_serve_function(tmp_path):
     expected = tf.nn.softmax(model(tf.constant(x), training=False), axis=-1).numpy()
     serve = load_serving(path)
     np.testing.assert_allclose(serve(tf.constant(x)).numpy(), expected, atol=1e-5)
+    assert serve.info["image_shape"] == list(SHAPE)
 
 
 def test_export_over_existing_export_replaces_it(tmp_path):
@@ -111,18 +138,34 @@ def test_export_over_existing_export_replaces_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits():
-    return data_lib.load_dataset("digits", image_size=8, validation_size=64)
+    """8x8 digits resized to 6x6 by the data pipeline (as --image_size=6 does)."""
+    return data_lib.load_dataset("digits", image_size=6, validation_size=64)
 
 
-def test_retrain_and_export_writes_results_and_is_idempotent(tmp_path, digits, monkeypatch):
-    space = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
-    arch = CellArchitecture((Block((1,), ("sep3x3",)), Block((0, 2), ("identity", "avgpool3x3"))))
-    out = str(tmp_path / "winner")
-    cfg = TrainConfig(steps=3, batch_size=32, learning_rate=0.05, checkpoint_every=2, log_every=1,
-                      verbose=False)
+@pytest.fixture(scope="module")
+def raw_digits():
+    """The same splits at the dataset's own size (8x8), as a serving client holds them."""
+    return data_lib.load_dataset("digits", validation_size=64)
+
+
+SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
+WINNER = CellArchitecture((Block((1,), ("sep3x3",)), Block((0, 2), ("identity", "avgpool3x3"))))
+CFG = TrainConfig(steps=3, batch_size=32, learning_rate=0.05, checkpoint_every=2, log_every=1, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def winner(tmp_path_factory, digits):
+    """One retrained and exported winner, shared by the tests below: (out_dir, metrics)."""
+    out = str(tmp_path_factory.mktemp("retrain") / "winner")
     keras.utils.set_random_seed(0)
-    metrics = retrain_lib.retrain_and_export(space, arch, digits, out, cfg, filters=6, bn_momentum=0.5,
+    metrics = retrain_lib.retrain_and_export(SPACE, WINNER, digits, out, CFG, filters=6, bn_momentum=0.5,
                                              weight_decay=1e-4, extra_metrics={"rank": 1, "id": "abc"})
+    return out, metrics
+
+
+def test_retrain_and_export_writes_results_and_is_idempotent(winner, digits, monkeypatch):
+    space, arch, cfg = SPACE, WINNER, CFG
+    out, metrics = winner
 
     assert sorted(os.listdir(out)) == ["architecture.json", "ckpt", "metrics.json", "saved_model", "train"]
     with open(os.path.join(out, "architecture.json")) as f:
@@ -131,8 +174,8 @@ def test_retrain_and_export_writes_results_and_is_idempotent(tmp_path, digits, m
 
     wide = CellSearchSpace(num_cells=2, num_stages=2, filters=6, num_blocks=2)
     assert metrics["filters"] == 6
-    assert metrics["params"] == wide.count_params(arch, input_shape=(8, 8, 1), num_classes=10)
-    assert metrics["flops"] == wide.count_flops(arch, input_shape=(8, 8, 1), num_classes=10)
+    assert metrics["params"] == wide.count_params(arch, input_shape=(6, 6, 1), num_classes=10)
+    assert metrics["flops"] == wide.count_flops(arch, input_shape=(6, 6, 1), num_classes=10)
     assert metrics["train_steps"] == 3
     assert metrics["rank"] == 1 and metrics["id"] == "abc"
     assert 0.0 <= metrics["train_accuracy_last_step"] <= 1.0
@@ -160,3 +203,73 @@ def test_retrain_and_export_writes_results_and_is_idempotent(tmp_path, digits, m
     again = retrain_lib.retrain_and_export(space, arch, digits, out, cfg, filters=6, bn_momentum=0.5)
     assert again == metrics
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in mtimes} == mtimes
+
+
+def test_winner_serves_the_datasets_own_images(winner, digits, raw_digits):
+    """A client holding the dataset's own 8x8 images gets, from serve /
+    serving_default, what the model gives on the pipeline's 6x6 images."""
+    out, metrics = winner
+    path = os.path.join(out, "saved_model")
+    assert digits.image_shape == (6, 6, 1) and digits.source_image_shape == (8, 8, 1)
+    assert raw_digits.source_image_shape == raw_digits.image_shape == (8, 8, 1)
+    np.testing.assert_array_equal(raw_digits.y_test, digits.y_test)  # same split, row for row
+    info = serving_info(path)
+    assert info["image_shape"] == [6, 6, 1] and info["source_image_shape"] == [8, 8, 1]
+
+    loaded = tf.saved_model.load(path)
+    raw, resized = tf.constant(raw_digits.x_test), tf.constant(digits.x_test)
+    # The same resize op (ScaleAndTranslate, CPU only) and rounding, then the same model graph on the
+    # same uint8 pixels: bit-identical (on one device; a GPU's convolutions may round differently).
+    with tf.device("/CPU:0"):
+        expected = loaded.serve_resized(resized).numpy()
+        got = loaded.serve(raw).numpy()
+        default = loaded.signatures["serving_default"](images=raw)["output_0"].numpy()
+        passed_through = loaded.serve(resized).numpy()
+        naive = tf.cast(tf.round(tf.image.resize(tf.cast(raw, tf.float32), [6, 6], antialias=False)), tf.uint8)
+        near_miss = loaded.serve_resized(naive).numpy()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(default, expected)
+    assert metrics["test_accuracy"] == pytest.approx(float(np.mean(got.argmax(-1) == raw_digits.y_test)))
+    # Already-resized images pass through serve unchanged.
+    np.testing.assert_array_equal(passed_through, expected)
+    # The check above tells the pipeline's resize from a near miss (no antialiasing).
+    assert not np.array_equal(naive.numpy(), digits.x_test)
+    assert np.abs(near_miss - expected).max() > 1e-4
+
+    with pytest.raises((TypeError, ValueError)):
+        loaded.serve_resized(raw)  # serve_resized takes 6x6 images only
+    with pytest.raises(data_lib.DataError, match="source_image_shape"):
+        data_lib.ImageDataset("x", digits.x_test, digits.y_test, digits.x_test, digits.y_test, digits.x_test,
+                              digits.y_test, 10, False, source_image_shape=(8, 8, 3))
+
+
+def _saved_model_cli(*args):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    if not os.path.exists(cli):
+        cli = "saved_model_cli"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([cli, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_saved_model_cli_shows_and_runs_raw_images(winner, digits, raw_digits, tmp_path):
+    path = os.path.join(winner[0], "saved_model")
+    shown = _saved_model_cli("show", "--dir", path, "--tag_set", "serve", "--all")
+    inputs = dict(re.findall(r"signature_def\['(\w+)'\]:\s+The given SavedModel SignatureDef contains the "
+                             r"following input\(s\):\s+inputs\['images'\] tensor_info:\s+dtype: DT_UINT8\s+"
+                             r"shape: (\([-\d, ]+\))", shown))
+    assert inputs == {"serving_default": "(-1, -1, -1, 1)", "serve": "(-1, -1, -1, 1)",
+                      "serve_resized": "(-1, 6, 6, 1)"}, shown
+
+    n = 40
+    np.save(tmp_path / "raw.npy", raw_digits.x_test[:n])
+    _saved_model_cli("run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+                     "--inputs", f"images={tmp_path / 'raw.npy'}", "--outdir", str(tmp_path / "out"))
+    cli_probs = np.load(tmp_path / "out" / "output_0.npy")
+    loaded = tf.saved_model.load(path)
+    with tf.device("/CPU:0"):  # where the CLI ran (CUDA_VISIBLE_DEVICES="")
+        expected = loaded.serve_resized(tf.constant(digits.x_test[:n])).numpy()
+    assert cli_probs.shape == (n, 10) and cli_probs.dtype == np.float32
+    # The CLI runs the same graph in a TF1 session (another process): allow float round-off only.
+    np.testing.assert_allclose(cli_probs, expected, rtol=0, atol=1e-6)
