@@ -13,14 +13,13 @@ float32 class probabilities under the output key ``output_0``):
 * ``serve_resized``: images already at the model's size, shape
   ``(-1, H, W, C)``; no resize.
 
-The sizes are recorded in ``assets.extra/serving.json`` of the export
+The sizes are recorded in ``serving.json`` of the export
 (``image_shape``: the model's input, ``source_image_shape``: the dataset's
 images before resizing); see :func:`serving_info`.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Optional, Sequence
 
@@ -30,7 +29,7 @@ import tensorflow as tf
 from oneshot_tf import data as data_lib
 from oneshot_tf import io_utils
 
-SERVING_INFO = os.path.join("assets.extra", "serving.json")
+SERVING_INFO = "serving.json"  # (TensorFlow's ram:// lists an assets.extra/ beside assets/ as assets/.extra)
 
 
 def _shape(what, shape) -> tuple:
@@ -52,7 +51,7 @@ def export_saved_model(model: keras.Model, path: str, *,
     does; ``serve_resized`` takes images already of that size (see the module
     docstring).  ``source_image_shape`` (default: the model's input shape) is
     the dataset's image shape before resizing, recorded in
-    ``assets.extra/serving.json``.  The export is written to a temporary
+    ``serving.json``.  The export is written to a temporary
     directory and renamed, so a half-written SavedModel never sits at ``path``.
     """
     image_shape = _shape("the model's input shape (without the batch axis)",
@@ -96,7 +95,7 @@ def export_saved_model(model: keras.Model, path: str, *,
 
 
 def serving_info(path: str) -> dict:
-    """The sizes and signatures recorded with an export (``assets.extra/serving.json``)."""
+    """The sizes and signatures recorded with an export (``serving.json``)."""
     return io_utils.read_json(io_utils.join(path, SERVING_INFO))
 
 
