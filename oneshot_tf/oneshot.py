@@ -3,7 +3,7 @@ batch norm and masked L2 on top of ``OneShotModel``."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -53,15 +53,25 @@ def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rat
     return input_mask, op_mask
 
 
+#: The KL score's references: ``dropout`` (the paper's nearly-all-on
+#: architectures, path dropout at r = 1e-8) or ``all_on`` (every path on).
+KL_REFERENCES = ("dropout", "all_on")
+
+
 class OneShotProxy(Proxy):
     """Trains ``OneShotModel`` and scores candidates with their masks."""
 
     def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
                  mean: Sequence[float] = None, std: Sequence[float] = None, ghost_batch_size: int = 32,
                  drop_rate: float = 0.1, weight_decay: float = 1e-4, skip_inactive: bool = True,
-                 static_shapes: bool = False, bn_epsilon: float = 1e-3):
+                 static_shapes: bool = False, bn_epsilon: float = 1e-3, kl_reference: str = "dropout",
+                 reference_drop_rate: float = 1e-8):
         if not 0.0 < drop_rate < 1.0:
             raise ValueError(f"drop_rate r must be in (0, 1), got {drop_rate}")
+        if kl_reference not in KL_REFERENCES:
+            raise ValueError(f"unknown --kl_reference={kl_reference!r}; choose from {', '.join(KL_REFERENCES)}")
+        if not 0.0 < reference_drop_rate < 1.0:
+            raise ValueError(f"reference_drop_rate must be in (0, 1), got {reference_drop_rate}")
         if ghost_batch_size < 1:
             raise ValueError(f"ghost_batch_size must be positive, got {ghost_batch_size}")
         self.space = space
@@ -74,13 +84,16 @@ class OneShotProxy(Proxy):
         self.skip_inactive = bool(skip_inactive)
         self.static_shapes = bool(static_shapes)
         self.bn_epsilon = float(bn_epsilon)
+        self.kl_reference = kl_reference
+        self.reference_drop_rate = float(reference_drop_rate)
         self.model = None
 
     def get_config(self) -> Dict[str, Any]:
         return {"method": "oneshot", "ghost_batch_size": self.ghost_batch_size,
                 "drop_rate": self.drop_rate, "weight_decay": self.weight_decay,
                 "skip_inactive": self.skip_inactive, "static_shapes": self.static_shapes,
-                "bn_epsilon": self.bn_epsilon}
+                "bn_epsilon": self.bn_epsilon, "kl_reference": self.kl_reference,
+                "reference_drop_rate": self.reference_drop_rate}
 
     def build(self) -> None:
         if self.model is None:
@@ -130,6 +143,18 @@ class OneShotProxy(Proxy):
         return self.model.candidates_logits(images, encodings["input_mask"], encodings["op_mask"],
                                             num_ghost=int(images.shape[0]) // group_size)
 
-    def reference_encoding(self):
-        """All paths on (the paper's reference used r = 1e-8, i.e. nearly all on)."""
-        return self.space.encode(self.space.all_on())
+    def reference_encodings(self, count: int, seed: int) -> List[Dict[str, np.ndarray]]:
+        """``kl_reference="dropout"`` (the paper's, section 5: "we sampled a
+        collection of architectures where almost all the operations in the
+        one-shot model were enabled (base dropout rate r = 10^-8)"): one
+        architecture per KL group, drawn as training draws a ghost batch's
+        masks at the end of the schedule, each path dropped independently
+        with probability ``reference_drop_rate ** (1 / k)`` (the same
+        decisions in every cell), from a stateless seed of its own
+        (``[seed, -1]``; training's steps use ``[seed, step >= 0]``).
+        ``"all_on"``: the one-shot model with every path on, for every group."""
+        if self.kl_reference == "all_on":
+            return [self.space.encode(self.space.all_on())] * count
+        input_mask, op_mask = sample_path_masks(self.space, count, 1.0, self.reference_drop_rate,
+                                                [seed % (2 ** 31 - 1), -1])
+        return [{"input_mask": i, "op_mask": o} for i, o in zip(input_mask.numpy(), op_mask.numpy())]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import tensorflow as tf
 
@@ -45,8 +45,11 @@ class Proxy(TrainTask):
         return tf.reshape(self.candidate_logits(tiled, encodings), [k, n, -1])
 
     @abc.abstractmethod
-    def reference_encoding(self) -> Dict[str, Any]:
-        """Encoding of the reference the KL score compares against."""
+    def reference_encodings(self, count: int, seed: int) -> List[Dict[str, Any]]:
+        """The reference architectures the KL score compares candidates
+        against: ``count`` encodings (``space.encode`` layout), reference ``j``
+        evaluated on group ``j`` of the KL examples (a group is the unit of
+        batch statistics, like a candidate's).  Deterministic given ``seed``."""
 
     @abc.abstractmethod
     def get_config(self) -> Dict[str, Any]:

@@ -20,8 +20,9 @@ from oneshot_tf.proxy import Proxy
 class ScoreConfig:
     candidates_per_pass: int = 8   # K: candidates per forward pass, one per ghost batch
     group_size: int = 32           # examples per candidate per pass (the ghost batch)
-    max_examples: Optional[int] = None  # validation examples used (None: all whole groups)
-    kl_examples: int = 64          # unlabeled training examples for the KL score
+    max_examples: Optional[int] = None  # validation examples scored, the first ones (None: all)
+    kl_examples: int = 64          # unlabeled training examples for the KL score, drawn at random
+    seed: int = 0                  # seeds the KL examples' draw and the proxy's reference architectures
     pass_examples: int = 4096      # at most this many (candidate, example) pairs per forward pass
     jit_compile: bool = False
     verbose: bool = True
@@ -33,11 +34,22 @@ class CandidateScorer:
     Each pass evaluates ``K`` candidates on the same ``C`` groups of ``g``
     examples (``Proxy.candidates_logits``; a group is the unit of batch
     statistics).  The function is traced once for all candidates
-    (``trace_count`` counts traces); the last group is padded with copies.
+    (``trace_count`` counts traces).
     Scores: ``accuracy`` on the validation examples (the ``score``), and
-    ``kl``, the paper's symmetrized KL divergence between the reference
-    (all paths on) and the candidate on unlabeled training examples, averaged
-    over examples (lower is better).
+    ``kl``, the paper's symmetrized KL divergence between the proxy's
+    reference architectures (``Proxy.reference_encodings``: reference ``j``
+    on KL group ``j``) and the candidate on ``kl_examples`` unlabeled training
+    examples drawn at random (seeded), averaged over examples (lower is better).
+
+    Every example is scored: ``n`` examples make ``ceil(n / g)`` groups, and
+    the last group is filled up with the examples that follow in the pool
+    (the validation set in order, wrapping to its start; the KL draw's next
+    examples), each scored example counted exactly once and the fillers not
+    at all.  Fillers are real images distinct from the group's own (the pool
+    holds at least ``g``), so the last group's batch statistics are, like
+    every other group's, those of ``g`` distinct real images; copies of the
+    group's own examples would weight those twice in its statistics, and
+    zeros would shift them.
     """
 
     def __init__(self, proxy: Proxy, cfg: ScoreConfig, strategy: Optional[tf.distribute.Strategy] = None):
@@ -80,42 +92,90 @@ class CandidateScorer:
         logits = self.proxy.candidates_logits(images, encodings, self.cfg.group_size)
         return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
-    def _groups(self, x, n=None) -> List[np.ndarray]:
+    def _group_positions(self, pool: int, n: int, what: str) -> np.ndarray:
+        """Positions ``[ceil(n / g), g]`` in a pool of ``pool`` examples of the
+        ``n`` scored ones (positions ``0 .. n - 1``), the last group filled up
+        with the positions that follow (modulo ``pool``: ``g <= pool``
+        consecutive positions are distinct, so a group never holds an
+        example twice)."""
         g = self.cfg.group_size
-        n = len(x) if n is None else min(n, len(x))
-        count = n // g
-        if count == 0:
-            raise ValueError(f"need at least {g} examples to score (one group), got {n}")
-        return [np.asarray(x[i * g:(i + 1) * g]) for i in range(count)]
+        if pool < g:
+            raise ValueError(f"need at least {g} {what} examples to score (one group of {g}), got {pool}")
+        if n < 1:
+            raise ValueError(f"no {what} examples to score")
+        groups = -(-n // g)
+        return (np.arange(groups * g) % pool).reshape(groups, g)
 
     def prepare(self, x_val, y_val, x_kl=None):
         """Cache the evaluation passes (and the reference predictions for KL).
 
         Validation groups and KL groups go through the same passes of ``C``
-        groups each (``C * K * g <= pass_examples``; the last pass is padded
-        with copies), so one traced function serves all of them."""
+        groups each (``C * K * g <= pass_examples``; the last pass is filled
+        up with copies of whole groups, whose outputs are ignored), so one
+        traced function serves all of them."""
         g, k = self.cfg.group_size, self.cfg.candidates_per_pass
-        val = self._groups(x_val, self.cfg.max_examples)
-        self._labels = np.stack([np.asarray(y_val[i * g:(i + 1) * g]) for i in range(len(val))])
-        kl = self._groups(x_kl, self.cfg.kl_examples) if x_kl is not None and self.cfg.kl_examples else []
+        n_val = len(x_val) if self.cfg.max_examples is None else min(self.cfg.max_examples, len(x_val))
+        pos = self._group_positions(len(x_val), n_val, "validation")
+        self.val_indices = pos                              # into x_val, [groups, g]
+        self._val_weight = (np.arange(pos.size) < n_val).reshape(pos.shape)
+        self._num_val_examples = n_val
+        self._labels = np.asarray(y_val)[pos]
+        val = [np.asarray(x_val)[p] for p in pos]
+        kl = []
+        self.kl_indices = None
+        if x_kl is not None and self.cfg.kl_examples:
+            n_kl = min(self.cfg.kl_examples, len(x_kl))
+            pos = self._group_positions(len(x_kl), n_kl, "KL")
+            # A seeded random draw from the pool (the training split), in
+            # random order; the fillers are the draw's next examples.
+            draw = np.random.default_rng([self.cfg.seed, 2]).permutation(len(x_kl))
+            self.kl_indices = draw[pos]                     # into x_kl, [groups, g]
+            self._kl_weight = (np.arange(pos.size) < n_kl).reshape(pos.shape)
+            self._num_kl_examples = n_kl
+            kl = [np.asarray(x_kl)[p] for p in self.kl_indices]
         self._num_val, self._num_kl = len(val), len(kl)
         groups = val + kl
         cap = max(1, self.cfg.pass_examples // (k * g))
         passes = -(-len(groups) // cap)
         per_pass = -(-len(groups) // passes)
+        self._per_pass = per_pass
         groups += [groups[-1]] * (passes * per_pass - len(groups))
         self._passes = [tf.constant(np.concatenate(groups[i * per_pass:(i + 1) * per_pass]))
                         for i in range(passes)]
         self._ref = None
         if kl:
-            ref = self._stack([self.proxy.reference_encoding()] * k)
-            self._ref = self._predict(ref)[0, self._num_val:self._num_val + self._num_kl]
+            self._ref = self._reference_predictions()
         return self
 
-    def _predict(self, enc) -> np.ndarray:
-        """Log-probabilities ``[K, groups, g, classes]`` over every pass."""
+    def _reference_predictions(self) -> np.ndarray:
+        """Log-probabilities ``[KL groups, g, classes]``: KL group ``j`` under
+        the proxy's reference ``j``.  Distinct references are evaluated like
+        candidates (``K`` per call), on the passes that hold KL groups only."""
+        k = self.cfg.candidates_per_pass
+        refs = list(self.proxy.reference_encodings(self._num_kl, seed=self.cfg.seed))
+        if len(refs) != self._num_kl:
+            raise ValueError(f"{type(self.proxy).__name__}.reference_encodings returned {len(refs)} "
+                             f"encodings for {self._num_kl} KL groups")
+        keys = [tuple(np.asarray(e[name], np.float32).tobytes() for name in sorted(e)) for e in refs]
+        unique = {}
+        for key, enc in zip(keys, refs):
+            unique.setdefault(key, enc)
+        first = self._num_val // self._per_pass       # the first pass with a KL group
+        offset = self._num_val - first * self._per_pass
+        preds = {}
+        order = list(unique)
+        for s in range(0, len(order), k):
+            chunk = [unique[key] for key in order[s:s + k]]
+            logp = self._predict(self._stack(chunk + [chunk[-1]] * (k - len(chunk))), first_pass=first)
+            for i, key in enumerate(order[s:s + k]):
+                preds[key] = logp[i, offset:offset + self._num_kl]
+        return np.stack([preds[key][j] for j, key in enumerate(keys)])
+
+    def _predict(self, enc, first_pass: int = 0) -> np.ndarray:
+        """Log-probabilities ``[K, groups, g, classes]`` over every pass from
+        ``first_pass`` on."""
         g = self.cfg.group_size
-        out = [self._forward(images, enc).numpy() for images in self._passes]
+        out = [self._forward(images, enc).numpy() for images in self._passes[first_pass:]]
         out = np.concatenate(out, axis=1)
         return out.reshape(out.shape[0], -1, g, out.shape[-1])
 
@@ -125,7 +185,8 @@ class CandidateScorer:
 
     @property
     def num_examples(self) -> int:
-        return self._num_val * self.cfg.group_size
+        """Validation examples scored (each counted once in the accuracy)."""
+        return self._num_val_examples
 
     def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
         """Scores of up to ``K`` candidates (one compiled call per pass)."""
@@ -136,11 +197,13 @@ class CandidateScorer:
         enc = self._stack(list(encodings) + [encodings[-1]] * (k - n))
         logp = self._predict(enc)
         pred = logp[:, :self._num_val].argmax(-1)                       # [K, groups, g]
-        acc = (pred == self._labels[None]).reshape(k, -1).mean(-1)
+        correct = (pred == self._labels[None]) & self._val_weight[None]  # fillers not counted
+        acc = correct.reshape(k, -1).sum(-1) / self._num_val_examples
         if self._ref is not None:
             logq = logp[:, self._num_val:self._num_val + self._num_kl]  # [K, groups, g, classes]
             ref = self._ref[None]
-            kl = ((np.exp(ref) - np.exp(logq)) * (ref - logq)).sum(-1).reshape(k, -1).mean(-1)
+            kl = ((np.exp(ref) - np.exp(logq)) * (ref - logq)).sum(-1) * self._kl_weight[None]
+            kl = kl.reshape(k, -1).sum(-1) / self._num_kl_examples
         return [{"score": float(acc[i]), "accuracy": float(acc[i]),
                  **({"kl": float(kl[i])} if self._ref is not None else {})} for i in range(n)]
 

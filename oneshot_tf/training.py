@@ -2,7 +2,7 @@
 
 Every trainable thing (a proxy such as the one-shot model, a stand-alone
 model being retrained) is a ``TrainTask``; ``train`` runs it with SGD
-(Nesterov momentum, cosine decay) through ``strategy.run`` in one compiled
+(Nesterov momentum, cosine decay by default) through ``strategy.run`` in one compiled
 step, checkpoints weights, optimizer, step and (through the step) the RNG
 state, resumes from the last checkpoint, stops on a NaN loss with the last
 good checkpoint kept, logs to TensorBoard and shows progress.
@@ -116,7 +116,8 @@ class TrainConfig:
     learning_rate: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    lr_schedule: str = "cosine"     # cosine | constant
+    lr_schedule: str = "cosine"     # cosine (to 0) | constant | cosine_floor (to lr_floor * learning_rate)
+    lr_floor: float = 0.1           # cosine_floor only: the final learning rate, a fraction of the initial
     augment: bool = True
     flip: bool = False
     seed: int = 0
@@ -126,15 +127,27 @@ class TrainConfig:
     verbose: bool = True
 
 
+LR_SCHEDULES = ("cosine", "constant", "cosine_floor")
+
+
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD (Nesterov) with cosine decay; wrapped in dynamic loss scaling when
-    the global Keras policy is ``mixed_float16``."""
+    """SGD (Nesterov) with the learning rate of ``cfg.lr_schedule``: cosine
+    decay to 0 over ``cfg.steps``, constant, or ``cosine_floor``, cosine decay
+    to ``lr_floor * learning_rate`` (``lr(t) = lr0 * (f + (1 - f) * (1 +
+    cos(pi t / T)) / 2)``, Keras's ``CosineDecay(alpha=f)``); wrapped in
+    dynamic loss scaling when the global Keras policy is ``mixed_float16``."""
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(cfg.steps, 1))
+    elif cfg.lr_schedule == "cosine_floor":
+        if not 0.0 < cfg.lr_floor < 1.0:
+            raise ValueError(f"lr_floor must be in (0, 1) (a fraction of the initial learning rate) for "
+                             f"lr_schedule 'cosine_floor', got {cfg.lr_floor}")
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(cfg.steps, 1),
+                                                    alpha=cfg.lr_floor)
     elif cfg.lr_schedule == "constant":
         lr = cfg.learning_rate
     else:
-        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (cosine or constant)")
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} ({', '.join(LR_SCHEDULES)})")
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

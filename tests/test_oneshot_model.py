@@ -503,12 +503,12 @@ def test_scores_do_not_depend_on_pass_mates(scorer):
                         "op_mask": enc["op_mask"][None]}).numpy().astype(np.float64)
         return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
-    ref = space.encode(space.all_on())
+    refs = scorer.proxy.reference_encodings(2, seed=0)  # one reference per KL group
     correct = sum(int((logp(x_val[s:s + 8], ea).argmax(-1) == y_val[s:s + 8]).sum()) for s in (0, 8, 16))
     assert alone["accuracy"] == pytest.approx(correct / 24)
     kl = 0.0
-    for s in (0, 8):
-        lp, lq = logp(x_kl[s:s + 8], ref), logp(x_kl[s:s + 8], ea)
+    for j, idx in enumerate(scorer.kl_indices):  # the seeded draw of the 16 KL examples, in 2 groups
+        lp, lq = logp(x_kl[idx], refs[j]), logp(x_kl[idx], ea)
         kl += float(((np.exp(lp) - np.exp(lq)) * (lp - lq)).sum())
     assert alone["kl"] == pytest.approx(kl / 16, rel=1e-4, abs=1e-7)
     assert kl > 0

@@ -119,6 +119,21 @@ def test_make_optimizer_constant_and_unknown_schedule():
         make_optimizer(TrainConfig(steps=10, lr_schedule="linear"))
 
 
+def test_cosine_floor_decays_to_the_floor_fraction():
+    """lr(t) = 0.2 * (0.25 + 0.75 * (1 + cos(pi t / 400)) / 2), held at the
+    floor 0.05 after the last step; read from the optimizer at its step."""
+    opt = make_optimizer(TrainConfig(steps=400, learning_rate=0.2, lr_schedule="cosine_floor", lr_floor=0.25))
+    assert opt.get_config()["nesterov"] is True
+    for t in (0, 100, 200, 300, 400, 600):
+        opt.iterations.assign(t)
+        expected = 0.2 * (0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi * min(t, 400) / 400)))
+        assert training.current_lr(opt) == pytest.approx(expected, abs=1e-7), t
+    assert training.current_lr(opt) == pytest.approx(0.05)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="lr_floor must be in \\(0, 1\\)"):
+            make_optimizer(TrainConfig(steps=10, lr_schedule="cosine_floor", lr_floor=bad))
+
+
 def test_training_trajectory_matches_hand_computed_sgd_nesterov_cosine(tmp_path):
     task = ScalarTask()
     x, y = _scalar_data()
