@@ -29,15 +29,24 @@ HELP = {
     "weight_decay": "L2 coefficient for the proxy (applied only to paths in use).",
     "train_steps": "Proxy training steps.",
     "batch_size": "Global batch size of proxy training.",
-    "learning_rate": "Initial learning rate (cosine decay to 0, SGD with Nesterov momentum 0.9).",
+    "learning_rate": "Initial learning rate of proxy training (SGD with Nesterov momentum 0.9; schedule: "
+                     "--lr_schedule).",
+    "lr_schedule": "Learning-rate schedule of proxy training: cosine (decay to 0), constant, or cosine_floor "
+                   "(cosine decay to --lr_floor x --learning_rate). Stand-alone retraining always uses cosine.",
+    "lr_floor": "For --lr_schedule=cosine_floor: the final learning rate as a fraction of --learning_rate, in (0, 1).",
     "augment": "Random crop after 4-pixel padding (plus horizontal flips on natural images).",
     "search": "How candidates are chosen: random (the papers' method), refine (SMASH's perturbation chain) "
               "or evolution (regularized evolution); the last two are keras-tuner searches in DIR/tuner.",
     "num_candidates": "Candidates to score.",
     "candidates_per_pass": ("Candidates scored in one compiled pass (each on the same examples, in its own ghost "
                             "batches)."),
-    "score_examples": "Validation examples used to score a candidate (0: all).",
-    "kl_examples": "Unlabeled training examples for the symmetrized-KL score (0: off).",
+    "score_examples": "Validation examples used to score a candidate, the first ones (0: all; every one is "
+                      "counted, the last group being filled up with other validation images).",
+    "kl_examples": "Unlabeled training examples for the symmetrized-KL score, drawn at random (seeded) from "
+                   "the training split (0: off).",
+    "kl_reference": "What the KL score compares a candidate against: dropout (the paper's: a collection of nearly-"
+                    "all-on architectures sampled with path dropout at r=1e-8, one per group of KL examples, "
+                    "seeded) or all_on (the one-shot model with every path on).",
     "num_winners": "Best candidates to retrain stand-alone and export.",
     "ranking": "top: highest score; small: fewest parameters above the small_percentile score.",
     "small_percentile": "Score percentile a candidate must reach for --ranking=small.",

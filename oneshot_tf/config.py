@@ -11,6 +11,7 @@ IDENTITY_FIELDS = (
     "method", "dataset", "image_size", "validation_size", "max_train_examples", "seed",
     "num_cells", "num_stages", "filters", "num_blocks",
     "ghost_batch_size", "drop_rate", "weight_decay", "train_steps", "batch_size", "learning_rate",
+    "lr_schedule", "lr_floor", "kl_reference",
     "augment", "score_examples", "kl_examples", "precision",
     # which candidates are scored, and which winners are retrained how: a
     # finished winners/<rank>/ is kept, so these must not change under it
@@ -44,6 +45,8 @@ class RunConfig:
     train_steps: int = 1000
     batch_size: int = 64
     learning_rate: float = 0.1
+    lr_schedule: str = "cosine"         # cosine | constant | cosine_floor (proxy training only)
+    lr_floor: float = 0.1               # cosine_floor: final lr as a fraction of learning_rate
     augment: bool = True
     # scoring
     search: str = "random"
@@ -51,6 +54,7 @@ class RunConfig:
     candidates_per_pass: int = 8
     score_examples: int = 0             # validation examples used for scoring (0: all)
     kl_examples: int = 64
+    kl_reference: str = "dropout"       # dropout (paper: nearly-all-on architectures, r=1e-8) | all_on
     # retraining
     num_winners: int = 2
     ranking: str = "top"                # top | small
@@ -86,7 +90,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   filters=8, train_steps=600, batch_size=64, learning_rate=0.1,
                   num_candidates=64, candidates_per_pass=8, num_winners=2, retrain_steps=500,
                   retrain_batch_size=64, retrain_learning_rate=0.05, bn_momentum=0.9,
-                  checkpoint_every=100, log_every=20),
+                  checkpoint_every=50, log_every=20),
     # For tests: seconds, not minutes.
     "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=2, num_stages=2,
                  filters=4, num_blocks=2, train_steps=6, batch_size=32, num_candidates=6,
@@ -115,3 +119,40 @@ def resolve(preset: str, overrides: Dict[str, Any]) -> RunConfig:
 
 def identity_diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     return {k: (a.get(k), b.get(k)) for k in IDENTITY_FIELDS if a.get(k) != b.get(k)}
+
+
+#: Bounds of the numeric settings: field -> (low, high, low inclusive, high inclusive).
+_BOUNDS = {
+    "image_size": (0, None, True, None), "validation_size": (0, None, True, None),
+    "max_train_examples": (0, None, True, None), "seed": (0, None, True, None),
+    "num_cells": (1, None, True, None), "num_stages": (1, None, True, None),
+    "filters": (1, None, True, None), "num_blocks": (1, None, True, None),
+    "ghost_batch_size": (1, None, True, None), "drop_rate": (0.0, 1.0, False, False),
+    "weight_decay": (0.0, None, True, None), "train_steps": (1, None, True, None),
+    "batch_size": (1, None, True, None), "learning_rate": (0.0, None, False, None),
+    "num_candidates": (1, None, True, None), "candidates_per_pass": (1, None, True, None),
+    "score_examples": (0, None, True, None), "kl_examples": (0, None, True, None),
+    "num_winners": (0, None, True, None), "small_percentile": (0.0, 100.0, True, True),
+    "retrain_filters": (0, None, True, None), "retrain_steps": (1, None, True, None),
+    "retrain_batch_size": (1, None, True, None), "retrain_learning_rate": (0.0, None, False, None),
+    "retrain_weight_decay": (0.0, None, True, None), "bn_momentum": (0.0, 1.0, True, False),
+    "checkpoint_every": (1, None, True, None), "log_every": (1, None, True, None),
+}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Refuse settings out of range, naming the flag, before any work starts."""
+    for name, (low, high, low_in, high_in) in _BOUNDS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"--{name}={value!r} is not a number")
+        below = value < low if low_in else value <= low
+        above = high is not None and (value > high if high_in else value >= high)
+        if below or above:
+            bound = (f"{'>=' if low_in else '>'} {low}" if high is None
+                     else f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}")
+            raise ValueError(f"--{name}={value!r} is out of range: it must be {bound}")
+    if cfg.num_stages > cfg.num_cells:
+        raise ValueError(f"--num_stages={cfg.num_stages} exceeds --num_cells={cfg.num_cells}: every stage "
+                         f"needs a cell")
+    return cfg

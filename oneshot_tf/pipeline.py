@@ -35,7 +35,7 @@ from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import SearchSpace
-from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
+from oneshot_tf.training import LR_SCHEDULES, TrainConfig, checkpoint_step, restore_latest, train
 
 
 def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
@@ -45,7 +45,7 @@ def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple
     proxy = OneShotProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
                          mean=mean, std=std, ghost_batch_size=cfg.ghost_batch_size,
                          drop_rate=cfg.drop_rate, weight_decay=cfg.weight_decay,
-                         static_shapes=cfg.jit_compile)
+                         static_shapes=cfg.jit_compile, kl_reference=cfg.kl_reference)
     return space, proxy
 
 
@@ -77,12 +77,20 @@ class SearchRun:
 
     def __init__(self, cfg: config_lib.RunConfig, model_dir: str, *,
                  strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
+        config_lib.validate(cfg)
+        if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+            raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
         if cfg.search not in SEARCHES:
             raise ValueError(f"unknown --search={cfg.search!r}; choose from {', '.join(SEARCHES)}")
         if cfg.ranking not in ("top", "small"):
             raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown --lr_schedule={cfg.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        if cfg.lr_schedule == "cosine_floor" and not 0.0 < cfg.lr_floor < 1.0:
+            raise ValueError(f"--lr_floor={cfg.lr_floor} must be in (0, 1) (a fraction of --learning_rate) "
+                             f"for --lr_schedule=cosine_floor")
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if cfg.batch_size % (replicas * cfg.ghost_batch_size):
@@ -128,9 +136,10 @@ class SearchRun:
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         })
 
-    def _train_config(self, steps, batch, lr, seed_offset=0) -> TrainConfig:
+    def _train_config(self, steps, batch, lr, seed_offset=0, lr_schedule="cosine", lr_floor=0.1) -> TrainConfig:
         c = self.cfg
-        return TrainConfig(steps=steps, batch_size=batch, learning_rate=lr, augment=c.augment,
+        return TrainConfig(steps=steps, batch_size=batch, learning_rate=lr, lr_schedule=lr_schedule,
+                           lr_floor=lr_floor, augment=c.augment,
                            flip=self.dataset.natural_images, seed=c.seed + seed_offset,
                            checkpoint_every=c.checkpoint_every, log_every=c.log_every,
                            jit_compile=c.jit_compile, verbose=self.verbose)
@@ -143,7 +152,8 @@ class SearchRun:
     def train_proxy(self) -> Dict[str, float]:
         c = self.cfg
         return train(self.proxy, self.dataset.x_train, self.dataset.y_train,
-                     self._train_config(c.train_steps, c.batch_size, c.learning_rate),
+                     self._train_config(c.train_steps, c.batch_size, c.learning_rate,
+                                        lr_schedule=c.lr_schedule, lr_floor=c.lr_floor),
                      self.proxy_dir, strategy=self.strategy,
                      summary_dir=io_utils.join(self.proxy_dir, "train"), description="proxy training")
 
@@ -169,7 +179,7 @@ class SearchRun:
         c = self.cfg
         scorer = CandidateScorer(self.proxy, ScoreConfig(
             candidates_per_pass=c.candidates_per_pass, group_size=c.ghost_batch_size,
-            max_examples=c.score_examples or None, kl_examples=c.kl_examples,
+            max_examples=c.score_examples or None, kl_examples=c.kl_examples, seed=c.seed,
             jit_compile=c.jit_compile, verbose=self.verbose), strategy=self.strategy)
         return scorer.prepare(self.dataset.x_val, self.dataset.y_val, self.dataset.x_train)
 

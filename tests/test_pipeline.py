@@ -349,7 +349,9 @@ def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("augment", False), ("score_examples", 32), ("kl_examples", 0),
                                         ("search", "evolution"), ("ranking", "small"), ("retrain_steps", 7),
-                                        ("bn_momentum", 0.5), ("retrain_filters", 8)])
+                                        ("bn_momentum", 0.5), ("retrain_filters", 8),
+                                        ("kl_reference", "all_on"), ("lr_schedule", "constant"),
+                                        ("lr_floor", 0.2)])
 def test_flags_that_change_stored_results_are_identity_flags(e2e, tmp_path, flag, value):
     """augment changes the trained proxy (like learning_rate, an identity flag);
     score_examples and kl_examples change the scores in candidates.jsonl, so a
@@ -418,12 +420,63 @@ def test_rank_unknown_mode_raises():
     ({"method": "darts"}, r"unknown method 'darts'"),
     ({"precision": "float64"}, r"unknown precision 'float64'; choose one of float32, mixed_bfloat16, mixed_float16"),
     ({"batch_size": 48}, r"--batch_size=48 must be a multiple of replicas \(1\) x --ghost_batch_size \(32\)"),
+    ({"lr_schedule": "linear"}, r"unknown --lr_schedule='linear'; choose from cosine, constant, cosine_floor"),
+    ({"lr_schedule": "cosine_floor", "lr_floor": 1.0}, r"--lr_floor=1.0 must be in \(0, 1\)"),
+    ({"kl_reference": "mean"}, r"unknown --kl_reference='mean'; choose from dropout, all_on"),
+    ({"ghost_batch_size": 0}, r"^--ghost_batch_size=0 is out of range: it must be >= 1$"),
+    ({"num_candidates": -5}, r"^--num_candidates=-5 is out of range: it must be >= 1$"),
+    ({"train_steps": 0}, r"^--train_steps=0 is out of range: it must be >= 1$"),
+    ({"drop_rate": 1.0}, r"^--drop_rate=1.0 is out of range: it must be \(0.0, 1.0\)$"),
+    ({"bn_momentum": 1.0}, r"^--bn_momentum=1.0 is out of range: it must be \[0.0, 1.0\)$"),
+    ({"small_percentile": 101.0}, r"^--small_percentile=101.0 is out of range: it must be \[0.0, 100.0\]$"),
+    ({"learning_rate": 0.0}, r"^--learning_rate=0.0 is out of range: it must be > 0.0$"),
+    ({"candidates_per_pass": 0}, r"^--candidates_per_pass=0 is out of range: it must be >= 1$"),
+    ({"retrain_batch_size": 0}, r"^--retrain_batch_size=0 is out of range: it must be >= 1$"),
+    ({"checkpoint_every": 0}, r"^--checkpoint_every=0 is out of range: it must be >= 1$"),
+    ({"num_stages": 3}, r"^--num_stages=3 exceeds --num_cells=2: every stage needs a cell$"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, override, message):
     model_dir = str(tmp_path / "run")
     with pytest.raises(ValueError, match=message):
         SearchRun(config_lib.resolve("tiny", override), model_dir, verbose=False)
     assert not os.path.exists(model_dir)
+
+
+def test_cli_refuses_a_model_dir_that_is_a_file_with_one_line(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a directory")
+    proc = _cli("experiments.run", f"--model_dir={path}", "--preset=tiny", "--quiet", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert [l for l in proc.stderr.splitlines() if l.startswith("error: ")] == [
+        f"error: --model_dir={path} is an existing file, not a directory"]
+    assert path.read_text() == "not a directory"
+
+
+def test_lr_schedule_reaches_proxy_training_only(tmp_path, monkeypatch):
+    """--lr_schedule/--lr_floor set the proxy's optimizer (the learning rate
+    at given steps by the formula); retraining keeps cosine decay to 0."""
+    import math
+    from oneshot_tf.training import current_lr, make_optimizer
+    run = SearchRun(config_lib.resolve("tiny", {"lr_schedule": "cosine_floor", "lr_floor": 0.2,
+                                                "train_steps": 10}), str(tmp_path / "run"), verbose=False)
+    seen = []
+    monkeypatch.setattr(pipeline, "train", lambda task, x, y, cfg, *a, **k: seen.append(cfg) or {})
+    run.train_proxy()
+    (cfg,) = seen
+    assert (cfg.lr_schedule, cfg.lr_floor, cfg.steps) == ("cosine_floor", 0.2, 10)
+    opt = make_optimizer(cfg)
+    for t in (0, 5, 10):
+        opt.iterations.assign(t)
+        assert current_lr(opt) == pytest.approx(0.1 * (0.2 + 0.8 * (1 + math.cos(math.pi * t / 10)) / 2))
+    arch = run.space.sample_unique(1, seed=0)[0]
+    monkeypatch.setattr(run, "winners", lambda: [{"id": "w", "score": 0.5,
+                                                  "architecture": run.space.to_json(arch)}])
+    monkeypatch.setattr(pipeline, "retrain_and_export",
+                        lambda space, arch, data, out, cfg, **k: seen.append(cfg) or {"test_accuracy": 0.0,
+                                                                                      "params": 0})
+    run.retrain()
+    assert seen[1].lr_schedule == "cosine" and seen[1].steps == run.cfg.retrain_steps
 
 
 @pytest.mark.parametrize("search", ["refine", "evolution"])
