@@ -21,7 +21,8 @@ HELP = {
     "max_train_examples": "Use at most this many training examples (0: all).",
     "seed": "Seed of data splits, initialization, path dropout, augmentation and candidate sampling.",
     "num_cells": "Cells in the network.",
-    "num_stages": "Stages; a fixed stride-2 reduction sits between stages.",
+    "num_stages": "Stages; between stages a fixed reduction (BN-ReLU, 2x2 average pooling with stride 2, "
+                  "1x1 convolution to twice the stage's filters) halves each of the two previous states.",
     "filters": "F: filters per choice block in the first stage (doubled every stage).",
     "num_blocks": "N_choice: choice blocks per cell.",
     "ghost_batch_size": "Examples per ghost batch (own BN statistics and own path-dropout decisions).",

@@ -3,9 +3,23 @@
 Network: a stem (3x3 convolution with F filters), then ``num_cells`` cells
 split evenly into ``num_stages`` stages.  Stage ``s`` works with
 ``F * 2**s`` filters per choice block; before every stage but the first, a
-fixed reduction (BN-ReLU-3x3 convolution, stride 2, ``2 * F * 2**s`` filters)
-is applied to each of the two most recent states.  The head is
+fixed reduction is applied to each of the two most recent states: BN-ReLU,
+2x2 average pooling with stride 2, then a 1x1 convolution with
+``2 * F * 2**s`` filters (the same as a 1x1 convolution applied at every
+pixel and then averaged, since the two commute; it costs the parameters of
+a 1x1 stride-2 convolution and reads every pixel).  The head is
 BN-ReLU-global average pooling-dense.
+
+The reductions are this light because the paper's parameter counts imply
+it (its text does not describe the layers between stages): with them the
+paper preset's space (6 cells, 3 stages, 32x32x3, 10 classes) has Table 1's
+"All On" and "Random" counts within 10% at F=16..128 (all-on F=64 19.7M
+against 18.5M, random F=64 6.7M on average against 6.7M; see
+tests/test_cell_space.py), where full 3x3 stride-2 convolutions put them
+far above (24.9M and 11.8M) with layers that no architecture changes.  It is
+also how Zoph et al. (2017), whom the paper follows, bring a state to a
+lower resolution when a cell reads it ("factorized reduction": 1x1
+convolutions on stride-2 subsamplings).
 
 Cell: ``num_blocks`` choice blocks (N_choice).  Choice block ``i`` reads
 from ``2 + i`` candidate inputs, numbered
@@ -405,10 +419,10 @@ class CellSearchSpace(SearchSpace):
             if node.kind == "stem":
                 params += 9 * c_in * node.channels
                 flops += hw * 9 * c_in * node.channels
-            elif node.kind == "reduce":
+            elif node.kind == "reduce":  # BN-ReLU-avgpool 2x2/2-1x1 conv
                 c = nodes[node.deps[0]].channels
-                params += bn(c) + 9 * c * node.channels
-                flops += hw * 9 * c * node.channels
+                params += bn(c) + c * node.channels
+                flops += hw * c * node.channels
             elif node.kind == "cell":
                 fs = self.stage_filters(node.stage)
                 cand = [nodes[d].channels for d in node.deps] + [fs] * self.num_blocks

@@ -72,9 +72,19 @@ def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, in
 
 
 def reduction_layers(prefix: str, filters: int, make_bn):
+    """The fixed reduction between stages: BN-ReLU, 2x2 average pooling with
+    stride 2 (``same`` padding: an odd size rounds up, an edge window
+    averages its valid pixels only), then a 1x1 convolution to ``filters``.
+
+    Pooling then 1x1 equals 1x1 at every pixel then pooling, so it costs the
+    parameters and multiply-adds of a 1x1 stride-2 convolution without
+    skipping three pixels in four.  Starts with [BN, ReLU] as the one-shot
+    model's ``_run_normalized`` requires.
+    """
     return [make_bn(f"{prefix}_bn"), keras.layers.ReLU(name=f"{prefix}_relu"),
-            keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
-                                kernel_initializer=conv_init(), name=f"{prefix}_conv")]
+            keras.layers.AveragePooling2D(2, strides=2, padding="same", name=f"{prefix}_pool"),
+            keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=conv_init(),
+                                name=f"{prefix}_conv")]
 
 
 def block_input_layers(prefix: str, filters: int, make_bn):

@@ -2,9 +2,21 @@
 can run two replicas on this CPU-only machine (this must happen before
 TensorFlow initializes its devices; the default strategy keeps using CPU:0)."""
 
+import functools
+
 import tensorflow as tf
 
 _cpus = tf.config.list_physical_devices("CPU")
 if _cpus and not tf.config.get_logical_device_configuration(_cpus[0]):
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+@functools.lru_cache(maxsize=None)
+def two_cpus():
+    """One MirroredStrategy over the two logical CPUs for the whole session
+    (separate instances in one process would reuse collective instance keys,
+    and their all-reduces would meet each other's)."""
+    cpus = tf.config.list_logical_devices("CPU")
+    assert len(cpus) >= 2, "tests/conftest.py configures two logical CPUs"
+    return tf.distribute.MirroredStrategy([cpus[0].name, cpus[1].name])

@@ -10,7 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from oneshot_tf import config as config_lib
 from oneshot_tf.cell_space import OPS, Block, CellArchitecture, CellSearchSpace
+from oneshot_tf.models import reduction_layers
 from oneshot_tf.search_space import ArchitectureError
 
 # ---------------------------------------------------------------------------
@@ -400,11 +402,78 @@ def test_param_count_hand_computation():
     stem = 9 * 3 * 4
     # stage 0 (F=4): block0 in: bn(4)+4*4 ; block1 in: bn(4)+4*4, sep3x3: 2*(4*4 + 9*4 + 4*4)
     cell0 = (16 + 16) + (16 + 16) + 2 * (16 + 36 + 16)
-    # stage 1 (F=8): reduce1 of cell0 (8 channels) -> 16 channels; reduce0 unused
-    red = 4 * 8 + 9 * 8 * 16
+    # stage 1 (F=8): reduce1 of cell0 (8 channels) -> 16 channels (BN, 1x1 conv); reduce0 unused
+    red = 4 * 8 + 8 * 16
     cell1 = (4 * 16 + 16 * 8) + (4 * 8 + 8 * 8) + 2 * (4 * 8 + 9 * 8 + 8 * 8)
     head = 4 * 16 + 16 * 5 + 5
     assert SPACE_A.count_params(arch, input_shape=SHAPE_A, num_classes=5) == stem + cell0 + red + cell1 + head
-    flops = (64 * 9 * 3 * 4 + 64 * (16 + 16 + 2 * (36 + 16)) + 16 * 9 * 8 * 16
+    flops = (64 * 9 * 3 * 4 + 64 * (16 + 16 + 2 * (36 + 16)) + 16 * 8 * 16
              + 16 * (16 * 8 + 8 * 8 + 2 * (72 + 64)) + 16 * 5)
     assert SPACE_A.count_flops(arch, input_shape=SHAPE_A, num_classes=5) == flops
+
+
+def test_reduction_layers_hand_computation():
+    # BN-ReLU, 2x2 average pooling with stride 2 ("same": 5 -> 3, the last
+    # row/column windows average their valid pixels only), 1x1 convolution.
+    rng = np.random.default_rng(0)
+    c, filters = 3, 4
+    layers = reduction_layers("r", filters, lambda n: keras.layers.BatchNormalization(epsilon=1e-3, name=n))
+    assert [type(l).__name__ for l in layers] == ["BatchNormalization", "ReLU", "AveragePooling2D", "Conv2D"]
+    assert [l.name for l in layers] == ["r_bn", "r_relu", "r_pool", "r_conv"]
+    x = rng.normal(size=(2, 5, 5, c)).astype(np.float32)
+    layers[0].build(x.shape)
+    layers[3].build((2, 3, 3, c))
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    layers[0].gamma.assign(gamma.astype(np.float32))
+    layers[0].beta.assign(beta.astype(np.float32))
+    kernel = np.asarray(layers[3].kernel)
+    assert kernel.shape == (1, 1, c, filters)
+    y = x
+    for layer in layers:
+        y = layer(y)  # BN in inference mode: moving mean 0, variance 1
+    a = np.maximum(x / np.sqrt(1 + 1e-3) * gamma + beta, 0.0)
+    pooled = np.zeros((2, 3, 3, c))
+    for i in range(3):
+        for j in range(3):
+            pooled[:, i, j] = a[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(y), pooled @ kernel[0, 0], rtol=1e-4, atol=1e-5)
+
+
+# Table 1 of the paper (CIFAR-10), millions of parameters: All On, and Random
+# as the mean and standard deviation of ten sampled models, printed to one decimal.
+TABLE_1 = {16: (1.3, 0.5, 0.2), 32: (4.8, 1.7, 0.7), 64: (18.5, 6.7, 2.6), 128: (72.7, 26.4, 10.5)}
+
+
+def _printed(value):
+    """The interval of the numbers Table 1 prints as ``value`` (one decimal)."""
+    return value - 0.05, value + 0.05
+
+
+def test_paper_preset_counts_match_table_1():
+    cfg = config_lib.resolve("paper", {})
+    kw = dict(input_shape=(32, 32, 3), num_classes=10)
+    base = CellSearchSpace(num_cells=cfg.num_cells, num_stages=cfg.num_stages, filters=cfg.filters,
+                           num_blocks=cfg.num_blocks)
+    assert (base.num_cells, base.num_stages, base.filters, base.num_blocks) == (6, 3, 16, 4)
+    rng = np.random.default_rng(2018)
+    archs = [base.sample(rng) for _ in range(4000)]  # the same architectures at every F, as in Table 1
+    for f, (all_on, mean, std) in TABLE_1.items():
+        space = CellSearchSpace(num_cells=6, num_stages=3, filters=f, num_blocks=4)
+        got = space.count_params(space.all_on(), **kw) / 1e6
+        assert got == pytest.approx(all_on, rel=0.10), (f, "all on", got)
+        p = np.array([space.count_params(a, **kw) for a in archs]) / 1e6
+        assert p.mean() == pytest.approx(mean, rel=0.10), (f, "random mean", p.mean())
+        # The paper's std is that of ten models: a noisy estimate (about 24%
+        # relative standard error), so it is compared with the spread of the
+        # std of ten random models here (5th..95th percentile of 400 draws of
+        # ten), and so is the spread relative to the mean (std / mean).
+        ten = p.reshape(-1, 10)
+        sd10 = ten.std(axis=1, ddof=1)
+        lo, hi = np.percentile(sd10, [5, 95])
+        s_lo, s_hi = _printed(std)
+        assert s_lo <= hi and lo <= s_hi, (f, "random std", std, (lo, hi), p.std())
+        cv_lo, cv_hi = np.percentile(sd10 / ten.mean(axis=1), [5, 95])
+        m_lo, m_hi = _printed(mean)
+        assert s_lo / m_hi <= cv_hi and cv_lo <= s_hi / m_lo, (f, "random std / mean", (cv_lo, cv_hi))
+        # the population std is below the paper's ten-model value, but not by half
+        assert 0.6 * std < p.std() < 1.1 * std, (f, p.std())

@@ -2,7 +2,6 @@
 path decisions), checkpoints across replica counts, scoring split over
 replicas.  MirroredStrategy runs on two logical CPUs (tests/conftest.py)."""
 
-import functools
 import json
 
 import keras
@@ -17,19 +16,15 @@ from oneshot_tf.oneshot import OneShotProxy, sample_path_masks
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 from oneshot_tf.tuner import ArchitectureHyperModel, ProxyTuner, RandomArchitectureOracle
+from tests.conftest import two_cpus
 
 SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=2)
 TRAIN_SPACE = CellSearchSpace(num_cells=1, num_stages=1, filters=4, num_blocks=2)  # compiles fast
 SHAPE = (8, 8, 1)
 
 
-@functools.lru_cache(maxsize=None)
 def _two_cpus():
-    """One MirroredStrategy for the session (separate instances in one
-    process would reuse collective instance keys)."""
-    cpus = tf.config.list_logical_devices("CPU")
-    assert len(cpus) >= 2, "tests/conftest.py configures two logical CPUs"
-    return tf.distribute.MirroredStrategy([cpus[0].name, cpus[1].name])
+    return two_cpus()
 
 
 def test_default_and_one_device_and_mirrored():

@@ -17,6 +17,7 @@ from oneshot_tf.cell_space import CellSearchSpace
 from oneshot_tf.oneshot import OneShotProxy
 from oneshot_tf.oneshot_model import OneShotModel
 from oneshot_tf.training import TrainConfig, make_optimizer
+from tests.conftest import two_cpus
 
 SPACE = CellSearchSpace(num_cells=1, num_stages=1, filters=4, num_blocks=2)
 SHAPE = (8, 8, 3)
@@ -180,7 +181,7 @@ def one_device():
 
 @pytest.fixture(scope="module")
 def two_replicas():
-    return _Rig(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2, check_batches=True)
+    return _Rig(two_cpus(), 2, check_batches=True)
 
 
 def _assert_zero_gradient_update(per_replica_grads, before, after, momenta):
