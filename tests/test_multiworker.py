@@ -50,7 +50,8 @@ def _wait(procs, codes=(0, 0)):
 
 def test_two_workers_run_the_pipeline(tmp_path):
     model_dir = tmp_path / "run"
-    flags = ["ghost_batch_size=8", "train_steps=4", "num_candidates=6", "candidates_per_pass=2", "num_winners=1",
+    flags = ["num_cells=1", "num_stages=1", "ghost_batch_size=8", "train_steps=4", "num_candidates=6",
+             "candidates_per_pass=2", "num_winners=1",
              "retrain_steps=2"]
     _wait(_start(tmp_path, model_dir, flags))
 
@@ -84,7 +85,8 @@ def test_sigterm_on_one_worker_checkpoints_both_and_resumes(tmp_path):
     from oneshot_tf.training import checkpoint_step
 
     model_dir = tmp_path / "run"
-    flags = ["step=train", "ghost_batch_size=8", "train_steps=300", "checkpoint_every=100000", "log_every=1"]
+    flags = ["step=train", "num_cells=1", "num_stages=1", "ghost_batch_size=8", "train_steps=300",
+             "checkpoint_every=100000", "log_every=1"]
     procs = _start(tmp_path, model_dir, flags)
     events = model_dir / "proxy" / "train"
     deadline = time.time() + 300
