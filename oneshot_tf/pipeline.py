@@ -61,6 +61,12 @@ METHODS: Dict[str, Callable[[config_lib.RunConfig, data_lib.ImageDataset], Tuple
 SEARCHES = ("random", "refine", "evolution")
 
 
+#: The version of what a model directory holds; a directory written under
+#: another version is refused (2: lighter reductions between stages, so older
+#: checkpoints do not fit the model).
+DIRECTORY_FORMAT = 2
+
+
 class ProxyNotTrainedError(RuntimeError):
     pass
 
@@ -119,7 +125,12 @@ class SearchRun:
     def _write_config(self):
         path = io_utils.join(self.model_dir, "config.json")
         if tf.io.gfile.exists(path):
-            old = io_utils.read_json(path).get("flags", {})
+            stored = io_utils.read_json(path)
+            if stored.get("format", 1) != DIRECTORY_FORMAT:
+                raise ValueError(f"{self.model_dir} was written by another version of oneshot-tf (directory format "
+                                 f"{stored.get('format', 1)}, this one writes {DIRECTORY_FORMAT}: its checkpoints "
+                                 f"do not fit today's models); use a new --model_dir")
+            old = stored.get("flags", {})
             diff = config_lib.identity_diff(old, self.cfg.to_dict())
             if diff:
                 desc = ", ".join(f"--{k}: {a!r} in the directory, {b!r} now" for k, (a, b) in diff.items())
@@ -128,6 +139,7 @@ class SearchRun:
         if not self.chief:
             return  # only the chief writes artifacts
         io_utils.write_json(path, {
+            "format": DIRECTORY_FORMAT,
             "flags": self.cfg.to_dict(),
             "search_space": self.space.get_config(),
             "search_space_size": self.space.size(),

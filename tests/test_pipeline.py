@@ -335,6 +335,18 @@ def _dir_with_config(e2e, tmp_path):
     return d
 
 
+def test_dir_of_another_format_is_refused(e2e, tmp_path):
+    d = _dir_with_config(e2e, tmp_path)
+    stored = io_utils.read_json(str(d / "config.json"))
+    assert stored["format"] == pipeline.DIRECTORY_FORMAT
+    del stored["format"]  # written before the directory format was recorded (3x3 reductions)
+    io_utils.write_json(str(d / "config.json"), stored)
+    with pytest.raises(ValueError, match=r"written by another version of oneshot-tf \(directory format 1, this "
+                                         r"one writes 2: its checkpoints do not fit today's models\); use a new "
+                                         r"--model_dir"):
+        SearchRun(config_lib.resolve("tiny", {}), str(d), verbose=False)
+
+
 def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
     d = _dir_with_config(e2e, tmp_path)
     before = (d / "config.json").read_bytes()
