@@ -152,6 +152,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             bound = (f"{'>=' if low_in else '>'} {low}" if high is None
                      else f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}")
             raise ValueError(f"--{name}={value!r} is out of range: it must be {bound}")
+    from oneshot_tf.training import LR_SCHEDULES
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown --lr_schedule={cfg.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    if cfg.lr_schedule == "cosine_floor" and not 0.0 < cfg.lr_floor < 1.0:
+        raise ValueError(f"--lr_floor={cfg.lr_floor} must be in (0, 1) (a fraction of --learning_rate) "
+                         f"for --lr_schedule=cosine_floor")
     if cfg.num_stages > cfg.num_cells:
         raise ValueError(f"--num_stages={cfg.num_stages} exceeds --num_cells={cfg.num_cells}: every stage "
                          f"needs a cell")

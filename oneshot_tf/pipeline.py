@@ -35,7 +35,7 @@ from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import SearchSpace
-from oneshot_tf.training import LR_SCHEDULES, TrainConfig, checkpoint_step, restore_latest, train
+from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
 
 def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
@@ -92,11 +92,6 @@ class SearchRun:
             raise ValueError(f"unknown --search={cfg.search!r}; choose from {', '.join(SEARCHES)}")
         if cfg.ranking not in ("top", "small"):
             raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
-        if cfg.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown --lr_schedule={cfg.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        if cfg.lr_schedule == "cosine_floor" and not 0.0 < cfg.lr_floor < 1.0:
-            raise ValueError(f"--lr_floor={cfg.lr_floor} must be in (0, 1) (a fraction of --learning_rate) "
-                             f"for --lr_schedule=cosine_floor")
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if cfg.batch_size % (replicas * cfg.ghost_batch_size):
