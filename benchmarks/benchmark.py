@@ -52,9 +52,9 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from oneshot_tf.cell_space import CellSearchSpace
-    from oneshot_tf.models import transfer_oneshot_weights
-    from oneshot_tf.oneshot import OneShotProxy
+    from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+    from oneshot_tf.methods.oneshot.models import transfer_oneshot_weights
+    from oneshot_tf.methods.oneshot.proxy import OneShotProxy
     from oneshot_tf.proxy import Proxy
     from oneshot_tf.retrain import StandaloneTask
     from oneshot_tf.scoring import CandidateScorer, ScoreConfig

@@ -29,8 +29,8 @@ from oneshot_tf import distribute
 from oneshot_tf import io_utils
 from oneshot_tf import plots
 from oneshot_tf import precision
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates

@@ -1,4 +1,4 @@
-"""Tests for oneshot_tf.cell_space (the cell search space of Bender et al., ICML 2018)."""
+"""Tests for oneshot_tf.methods.oneshot.cell_space (the cell search space of Bender et al., ICML 2018)."""
 
 import hashlib
 import itertools
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from oneshot_tf import config as config_lib
-from oneshot_tf.cell_space import OPS, Block, CellArchitecture, CellSearchSpace
-from oneshot_tf.models import reduction_layers
+from oneshot_tf.methods.oneshot.cell_space import OPS, Block, CellArchitecture, CellSearchSpace
+from oneshot_tf.methods.oneshot.models import reduction_layers
 from oneshot_tf.search_space import ArchitectureError
 
 # ---------------------------------------------------------------------------

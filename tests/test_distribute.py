@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf import distribute
-from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.distribute import STRATEGIES, get_distribution_strategy
-from oneshot_tf.oneshot import OneShotProxy, sample_path_masks
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy, sample_path_masks
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 from oneshot_tf.tuner import ArchitectureHyperModel, ProxyTuner, RandomArchitectureOracle

@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf import oneshot as oneshot_lib
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot import OneShotProxy
-from oneshot_tf.oneshot_model import OneShotModel
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy
+from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel
 from oneshot_tf.training import TrainConfig, make_optimizer
 from tests.conftest import two_cpus
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from oneshot_tf import data as data_lib
 from oneshot_tf import io_utils
 from oneshot_tf import retrain as retrain_lib
-from oneshot_tf.cell_space import Block, CellArchitecture, CellSearchSpace
+from oneshot_tf.methods.oneshot.cell_space import Block, CellArchitecture, CellSearchSpace
 from oneshot_tf.export import export_saved_model, load_serving, serving_info
 from oneshot_tf.training import TrainConfig
 

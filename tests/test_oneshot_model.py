@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from oneshot_tf import models
-from oneshot_tf.cell_space import OPS, Block, CellArchitecture, CellSearchSpace
-from oneshot_tf.layers import GhostBatchNorm
-from oneshot_tf.oneshot import OneShotProxy, path_drop_probabilities, sample_path_masks
-from oneshot_tf.oneshot_model import OneShotModel
+from oneshot_tf.methods.oneshot import models
+from oneshot_tf.methods.oneshot.cell_space import OPS, Block, CellArchitecture, CellSearchSpace
+from oneshot_tf.methods.oneshot.layers import GhostBatchNorm
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy, path_drop_probabilities, sample_path_masks
+from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel
 from oneshot_tf.scoring import CandidateScorer, ScoreConfig
 
 SPACE = CellSearchSpace(num_cells=2, num_stages=2, filters=4, num_blocks=3)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from oneshot_tf import config as config_lib
 from oneshot_tf import io_utils, pipeline
-from oneshot_tf.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.pipeline import ProxyNotTrainedError, SearchRun
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, rank_candidates, score_architectures
 

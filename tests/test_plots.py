@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from oneshot_tf.cell_space import Block, CellArchitecture, CellSearchSpace
+from oneshot_tf.methods.oneshot.cell_space import Block, CellArchitecture, CellSearchSpace
 from oneshot_tf.plots import architecture_png, candidates_png
 from oneshot_tf.search_space import ArchitectureError, SearchSpace
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from oneshot_tf import models
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.layers import GhostBatchNorm, Standardize
-from oneshot_tf.oneshot_model import OneShotModel
+from oneshot_tf.methods.oneshot import models
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.layers import Standardize
+from oneshot_tf.methods.oneshot.layers import GhostBatchNorm
+from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel
 from oneshot_tf.precision import PRECISIONS, current_precision, precision_scope, set_precision
 from tests.test_oneshot_model import _randomize
 
@@ -359,7 +360,7 @@ def test_mixed_float16_training_uses_loss_scaling_and_resumes(tmp_path):
     """train() under mixed_float16: the optimizer is Keras's LossScaleOptimizer,
     losses and metrics are finite float32, variables stay float32, and a
     checkpoint resumes (the loss scale is part of it)."""
-    from oneshot_tf.oneshot import OneShotProxy
+    from oneshot_tf.methods.oneshot.proxy import OneShotProxy
     from oneshot_tf.training import TrainConfig, checkpoint_step, train
 
     rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.scoring import CandidateScorer, ScoreConfig
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from oneshot_tf import data as data_lib
 from oneshot_tf import training
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.training import TrainConfig, TrainingDivergedError, TrainTask, make_optimizer, train
 
 

@@ -7,8 +7,8 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot import OneShotProxy
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig
 from oneshot_tf.search_space import ArchitectureError
 from oneshot_tf.tuner import (ArchitectureHyperModel, EvolutionOracle, ProxyTuner, RandomArchitectureOracle,

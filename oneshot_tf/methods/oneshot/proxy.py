@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.oneshot_model import OneShotModel
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel
 from oneshot_tf.proxy import Proxy
 
 

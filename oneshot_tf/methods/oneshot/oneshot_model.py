@@ -52,10 +52,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from oneshot_tf.cell_space import CellSearchSpace
-from oneshot_tf.layers import (GhostBatchNorm, Standardize, conv_init, ghost_batch_norm, layer_prefix,
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.layers import Standardize
+from oneshot_tf.methods.oneshot.layers import (GhostBatchNorm, conv_init, ghost_batch_norm, layer_prefix,
                                op_layers)
-from oneshot_tf.models import block_input_layers, head_layers, reduction_layers
+from oneshot_tf.methods.oneshot.models import block_input_layers, head_layers, reduction_layers
 
 
 def mask_ghost(x, mask, num_ghost: int):

@@ -276,7 +276,7 @@ class CellSearchSpace(SearchSpace):
 
     def graph(self, arch: CellArchitecture) -> Dict[str, Any]:
         """The cell of ``arch`` as a DAG, node for node what the stand-alone
-        model builds (``oneshot_tf.models.build_standalone_model``).
+        model builds (``oneshot_tf.methods.oneshot.models.build_standalone_model``).
 
         Nodes, in topological order:
 
@@ -447,7 +447,7 @@ class CellSearchSpace(SearchSpace):
         return self._costs(arch, input_shape, num_classes)[1]
 
     def build_model(self, arch, *, input_shape, num_classes: int, validate: bool = True, **kwargs):
-        from oneshot_tf.models import build_standalone_model
+        from oneshot_tf.methods.oneshot.models import build_standalone_model
         if validate:
             self.validate(arch)
         return build_standalone_model(self, arch, input_shape=input_shape,

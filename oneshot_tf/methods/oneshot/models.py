@@ -9,8 +9,9 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from oneshot_tf.cell_space import CellArchitecture, CellSearchSpace
-from oneshot_tf.layers import Standardize, conv_init, layer_prefix, op_layers
+from oneshot_tf.methods.oneshot.cell_space import CellArchitecture, CellSearchSpace
+from oneshot_tf.layers import Standardize
+from oneshot_tf.methods.oneshot.layers import conv_init, layer_prefix, op_layers
 
 
 def _apply(layers, x):

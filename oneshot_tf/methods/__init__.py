@@ -1,0 +1,1 @@
+"""Methods that ship with oneshot-tf; every subpackage registers itself on import."""

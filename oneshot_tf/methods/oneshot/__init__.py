@@ -1,0 +1,1 @@
+"""The one-shot method of Bender et al. (ICML 2018)."""
