@@ -34,7 +34,7 @@ from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
-from oneshot_tf.search_space import SearchSpace
+from oneshot_tf.search_space import SearchSpace, StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
 
@@ -255,7 +255,7 @@ class SearchRun:
         mean, std = self.dataset.channel_stats()
         hypermodel = tuner_lib.ArchitectureHyperModel(
             self.space, input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
-            mean=mean, std=std, bn_momentum=c.bn_momentum)
+            options=StandaloneOptions(mean=mean, std=std, bn_momentum=c.bn_momentum))
         root = root or self.model_dir
         return tuner_lib.ProxyTuner(oracle, hypermodel, scorer=scorer, store=store, method=c.method,
                                     summary_dir=io_utils.join(root, "score", "tuner") if self.chief else None,
@@ -295,7 +295,8 @@ class SearchRun:
                 self.space, arch, self.dataset, out,
                 self._train_config(c.retrain_steps, c.retrain_batch_size, c.retrain_learning_rate,
                                    seed_offset=rank),
-                filters=c.retrain_filters or None, bn_momentum=c.bn_momentum,
+                width_multiplier=(c.retrain_filters or c.filters) / c.filters,
+                options=StandaloneOptions(*self.dataset.channel_stats(), bn_momentum=c.bn_momentum),
                 weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
                 extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
                                "proxy_kl": rec.get("kl"), "ranking": c.ranking})

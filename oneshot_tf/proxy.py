@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import tensorflow as tf
 
@@ -25,6 +25,26 @@ class Proxy(TrainTask):
 
     space: SearchSpace
 
+    #: Examples per scoring group: the unit of batch statistics when a
+    #: candidate is evaluated (the one-shot model's ghost batch).  Scoring
+    #: evaluates every candidate on whole groups.
+    group_size: int = 32
+
+    def encode(self, arch: Any) -> Dict[str, Any]:
+        """The fixed-shape arrays that stand for ``arch`` in the proxy's
+        compiled steps (``candidates_logits``).  Scoring and the keras-tuner
+        search call this, never ``space.encode`` directly, so a proxy may
+        encode architectures its own way (a graph network reads graphs);
+        the default is ``space.encode(arch)``."""
+        return self.space.encode(arch)
+
+    def validate_batch(self, batch_size: int, num_replicas: int) -> None:
+        """Refuse a global training batch the proxy cannot train on, naming
+        the flags (``ValueError``); called before any work starts.  The
+        default asks for an equal share per replica."""
+        if batch_size % num_replicas:
+            raise ValueError(f"--batch_size={batch_size} does not split over {num_replicas} replicas")
+
     @abc.abstractmethod
     def candidate_logits(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Logits ``[K * g, num_classes]`` of ``images`` ``[K * g, H, W, C]``,
@@ -44,12 +64,15 @@ class Proxy(TrainTask):
             encodings = {name: tf.repeat(v, groups, axis=0) for name, v in encodings.items()}
         return tf.reshape(self.candidate_logits(tiled, encodings), [k, n, -1])
 
-    @abc.abstractmethod
-    def reference_encodings(self, count: int, seed: int) -> List[Dict[str, Any]]:
+    def reference_encodings(self, count: int, seed: int) -> Optional[List[Dict[str, Any]]]:
         """The reference architectures the KL score compares candidates
-        against: ``count`` encodings (``space.encode`` layout), reference ``j``
+        against: ``count`` encodings (``encode`` layout), reference ``j``
         evaluated on group ``j`` of the KL examples (a group is the unit of
-        batch statistics, like a candidate's).  Deterministic given ``seed``."""
+        batch statistics, like a candidate's).  Deterministic given ``seed``.
+        ``None`` (the default): the proxy has no reference, and candidates
+        get no KL score."""
+        del count, seed
+        return None
 
     @abc.abstractmethod
     def get_config(self) -> Dict[str, Any]:

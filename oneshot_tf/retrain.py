@@ -12,6 +12,7 @@ from absl import logging
 
 from oneshot_tf import io_utils
 from oneshot_tf.export import export_saved_model
+from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, TrainTask, train
 
 
@@ -57,10 +58,14 @@ def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_si
     return correct / len(x)
 
 
-def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, filters: Optional[int] = None,
-                       bn_momentum: float = 0.9, weight_decay: float = 1e-4, strategy=None,
+def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, width_multiplier: float = 1.0,
+                       options: Optional[StandaloneOptions] = None, weight_decay: float = 1e-4, strategy=None,
                        extra_metrics: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
     """Train ``arch`` from scratch, evaluate on the test split, export.
+
+    The model is ``space.widened(width_multiplier).build_model(arch, ...)``
+    with ``options`` (default: ``StandaloneOptions`` with the dataset's
+    channel statistics).
 
     Leaves in ``out_dir``: ``architecture.json``, ``ckpt/`` (resumable),
     ``metrics.json`` and ``saved_model/``.  A finished directory (metrics and
@@ -74,13 +79,14 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
         return io_utils.read_json(metrics_path)
     if write:
         io_utils.write_json(io_utils.join(out_dir, "architecture.json"), space.to_json(arch))
-    target = space if filters is None else type(space).from_config({**space.get_config(), "filters": filters})
-    mean, std = dataset.channel_stats()
+    target = space.widened(width_multiplier)
+    if options is None:
+        mean, std = dataset.channel_stats()
+        options = StandaloneOptions(mean=mean, std=std)
     shape, classes = dataset.image_shape, dataset.num_classes
 
     def build():
-        return target.build_model(arch, input_shape=shape, num_classes=classes, mean=mean, std=std,
-                                  bn_momentum=bn_momentum)
+        return target.build_model(arch, input_shape=shape, num_classes=classes, options=options)
 
     task = StandaloneTask(build, weight_decay=weight_decay)
     t0 = time.time()
@@ -95,7 +101,7 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
         "train_accuracy_last_step": last.get("accuracy"),
         "params": int(model.count_params()),
         "flops": int(target.count_flops(arch, input_shape=shape, num_classes=classes)),
-        "filters": target.filters if hasattr(target, "filters") else None,
+        "width": target.width(), "width_multiplier": width_multiplier,
         "train_steps": cfg.steps, "train_seconds": round(train_seconds, 1),
         **(extra_metrics or {}),
     }

@@ -6,16 +6,18 @@ enter compiled steps as tensors, and builds the stand-alone Keras model of
 one.  A *proxy* (the one-shot model, later a SMASH or GHN hypernetwork) is
 trained once and then scores many candidates, each given as its encoding.
 
-Binaries, scoring, retraining and export only talk to these two interfaces,
-so a new method plugs in by implementing them.
+Binaries, scoring, retraining and export only talk to these two interfaces
+(and to the method registry, ``oneshot_tf.registry``, that makes them), so a
+new method plugs in by implementing them and registering.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +33,33 @@ class ArchitectureError(ValueError):
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON text (sorted keys, no spaces) used for ids."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StandaloneOptions:
+    """How a stand-alone model is built, the same for every search space.
+
+    ``mean`` and ``std`` are per-channel pixel statistics (0..255 units) that
+    the model's first layer standardizes uint8 images with (``None``: 0 and
+    255); ``bn_momentum`` and ``bn_epsilon`` set its batch normalization
+    (suit the momentum to the number of training steps: 0.99 needs
+    thousands).
+    """
+
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-3
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.bn_epsilon <= 0:
+            raise ValueError(f"bn_epsilon must be positive, got {self.bn_epsilon}")
 
 
 class SearchSpace(abc.ABC):
@@ -80,11 +109,6 @@ class SearchSpace(abc.ABC):
     def encode(self, arch: Any) -> Dict[str, np.ndarray]:
         """Fixed-shape float32 arrays describing ``arch`` for compiled steps."""
 
-    def encode_batch(self, archs: Sequence[Any]) -> Dict[str, np.ndarray]:
-        """Stack the encodings of several architectures along a new axis 0."""
-        encs = [self.encode(a) for a in archs]
-        return {k: np.stack([e[k] for e in encs]) for k in encs[0]}
-
     def arch_id(self, arch: Any) -> str:
         """A stable id: the first 16 hex digits of SHA-1 of the canonical JSON."""
         return hashlib.sha1(canonical_json(self.to_json(arch)).encode()).hexdigest()[:16]
@@ -130,8 +154,26 @@ class SearchSpace(abc.ABC):
 
     # -- stand-alone models ------------------------------------------------
     @abc.abstractmethod
-    def build_model(self, arch: Any, *, input_shape, num_classes: int, **kwargs):
-        """The stand-alone Keras model of ``arch`` (uint8 images in, logits out)."""
+    def build_model(self, arch: Any, *, input_shape, num_classes: int,
+                    options: Optional[StandaloneOptions] = None):
+        """The stand-alone Keras model of ``arch`` (uint8 images in, float32
+        logits out), built as ``options`` says (default ``StandaloneOptions()``)."""
+
+    def widened(self, multiplier: float) -> "SearchSpace":
+        """The same space with every architecture's width scaled by
+        ``multiplier`` (retraining a winner wider than it was searched, as the
+        one-shot paper retrains F=16 winners at F=64).  Architectures of this
+        space are architectures of the widened one.  The default supports
+        only ``multiplier == 1``."""
+        if multiplier == 1:
+            return self
+        raise ValueError(f"the {self.name or type(self).__name__} search space cannot be widened "
+                         f"(asked for x{multiplier}); use a width multiplier of 1")
+
+    def width(self) -> Optional[float]:
+        """The space's width (for example the cell space's F), recorded with
+        a retrained winner's metrics; ``None`` where a space has no one width."""
+        return None
 
     @abc.abstractmethod
     def count_params(self, arch: Any, *, input_shape, num_classes: int) -> int:

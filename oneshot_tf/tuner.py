@@ -24,22 +24,20 @@ import numpy as np
 
 from oneshot_tf import io_utils
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, candidate_record
-from oneshot_tf.search_space import SearchSpace
+from oneshot_tf.search_space import SearchSpace, StandaloneOptions
 
 
 class ArchitectureHyperModel(keras_tuner.HyperModel):
     """Builds the compiled stand-alone Keras model of a trial's architecture."""
 
     def __init__(self, space: SearchSpace, *, input_shape: Sequence[int], num_classes: int,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 learning_rate: float = 0.05, **build_kwargs):
+                 options: Optional[StandaloneOptions] = None, learning_rate: float = 0.05):
         super().__init__(name="architecture")
         self.space = space
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
-        self.mean, self.std = mean, std
+        self.options = options or StandaloneOptions()
         self.learning_rate = float(learning_rate)
-        self.build_kwargs = build_kwargs
 
     def declare_hyperparameters(self, hp):
         self.space.declare_hyperparameters(hp)
@@ -50,8 +48,7 @@ class ArchitectureHyperModel(keras_tuner.HyperModel):
     def build(self, hp) -> keras.Model:
         self.declare_hyperparameters(hp)
         model = self.space.build_model(self.architecture(hp), input_shape=self.input_shape,
-                                       num_classes=self.num_classes, mean=self.mean, std=self.std,
-                                       **self.build_kwargs)
+                                       num_classes=self.num_classes, options=self.options)
         model.compile(optimizer=keras.optimizers.SGD(self.learning_rate, momentum=0.9, nesterov=True),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])

@@ -16,6 +16,7 @@ from oneshot_tf import io_utils
 from oneshot_tf import retrain as retrain_lib
 from oneshot_tf.methods.oneshot.cell_space import Block, CellArchitecture, CellSearchSpace
 from oneshot_tf.export import export_saved_model, load_serving, serving_info
+from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig
 
 SHAPE = (8, 8, 3)
@@ -37,7 +38,7 @@ def _images(n, seed=0):
 def _model(seed=0):
     keras.utils.set_random_seed(seed)
     model = _space().build_model(_arch(), input_shape=SHAPE, num_classes=CLASSES,
-                                 mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0])
+                                 options=StandaloneOptions(mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0]))
     # Move the BN moving statistics away from their initial values, so that
     # serving in training mode (batch statistics) would give other numbers.
     for i in range(3):
@@ -153,12 +154,18 @@ WINNER = CellArchitecture((Block((1,), ("sep3x3",)), Block((0, 2), ("identity", 
 CFG = TrainConfig(steps=3, batch_size=32, learning_rate=0.05, checkpoint_every=2, log_every=1, verbose=False)
 
 
+def _options(dataset):
+    mean, std = dataset.channel_stats()
+    return StandaloneOptions(mean=mean, std=std, bn_momentum=0.5)
+
+
 @pytest.fixture(scope="module")
 def winner(tmp_path_factory, digits):
     """One retrained and exported winner, shared by the tests below: (out_dir, metrics)."""
     out = str(tmp_path_factory.mktemp("retrain") / "winner")
     keras.utils.set_random_seed(0)
-    metrics = retrain_lib.retrain_and_export(SPACE, WINNER, digits, out, CFG, filters=6, bn_momentum=0.5,
+    metrics = retrain_lib.retrain_and_export(SPACE, WINNER, digits, out, CFG, width_multiplier=1.5,
+                                             options=_options(digits),
                                              weight_decay=1e-4, extra_metrics={"rank": 1, "id": "abc"})
     return out, metrics
 
@@ -173,7 +180,7 @@ def test_retrain_and_export_writes_results_and_is_idempotent(winner, digits, mon
     assert io_utils.read_json(os.path.join(out, "metrics.json")) == metrics
 
     wide = CellSearchSpace(num_cells=2, num_stages=2, filters=6, num_blocks=2)
-    assert metrics["filters"] == 6
+    assert metrics["width"] == 6 and metrics["width_multiplier"] == 1.5
     assert metrics["params"] == wide.count_params(arch, input_shape=(6, 6, 1), num_classes=10)
     assert metrics["flops"] == wide.count_flops(arch, input_shape=(6, 6, 1), num_classes=10)
     assert metrics["train_steps"] == 3
@@ -200,7 +207,8 @@ def test_retrain_and_export_writes_results_and_is_idempotent(winner, digits, mon
 
     monkeypatch.setattr(retrain_lib, "train", no_training)
     monkeypatch.setattr(retrain_lib, "export_saved_model", no_training)
-    again = retrain_lib.retrain_and_export(space, arch, digits, out, cfg, filters=6, bn_momentum=0.5)
+    again = retrain_lib.retrain_and_export(space, arch, digits, out, cfg, width_multiplier=1.5,
+                                           options=_options(digits))
     assert again == metrics
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in mtimes} == mtimes
 

@@ -46,11 +46,11 @@ import dataclasses
 import itertools
 import json
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from oneshot_tf.search_space import ArchitectureError, SearchSpace
+from oneshot_tf.search_space import ArchitectureError, SearchSpace, StandaloneOptions
 
 #: The seven ops of the paper, in mask order.
 OPS: Tuple[str, ...] = (
@@ -446,12 +446,28 @@ class CellSearchSpace(SearchSpace):
     def count_flops(self, arch, *, input_shape, num_classes: int) -> int:
         return self._costs(arch, input_shape, num_classes)[1]
 
-    def build_model(self, arch, *, input_shape, num_classes: int, validate: bool = True, **kwargs):
+    def build_model(self, arch, *, input_shape, num_classes: int,
+                    options: Optional[StandaloneOptions] = None, validate: bool = True):
+        """The stand-alone model (``models.build_standalone_model``);
+        ``validate=False`` builds architectures outside the space, such as
+        ``all_on()``."""
         from oneshot_tf.methods.oneshot.models import build_standalone_model
         if validate:
             self.validate(arch)
-        return build_standalone_model(self, arch, input_shape=input_shape,
-                                      num_classes=num_classes, **kwargs)
+        return build_standalone_model(self, arch, input_shape=input_shape, num_classes=num_classes,
+                                      options=options)
+
+    def widened(self, multiplier: float) -> "CellSearchSpace":
+        """The space at ``F * multiplier`` filters (a whole number of at least 1)."""
+        filters = self.filters * multiplier
+        if multiplier <= 0 or abs(filters - round(filters)) > 1e-9 or round(filters) < 1:
+            raise ValueError(f"width multiplier {multiplier} does not give a whole number of filters from "
+                             f"F={self.filters} (F x {multiplier} = {filters:g})")
+        return type(self).from_config({**self.get_config(), "filters": int(round(filters))})
+
+    def width(self) -> int:
+        """F, the filters per choice block of the first stage."""
+        return self.filters
 
 
 def _op_cost(op: str, f: int) -> Tuple[int, int]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from oneshot_tf.methods.oneshot.cell_space import CellArchitecture, CellSearchSpace
 from oneshot_tf.layers import Standardize
+from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.methods.oneshot.layers import conv_init, layer_prefix, op_layers
 
 
@@ -21,14 +22,14 @@ def _apply(layers, x):
 
 
 def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, input_shape,
-                           num_classes: int, mean: Optional[Sequence[float]] = None,
-                           std: Optional[Sequence[float]] = None, bn_momentum: float = 0.9,
-                           bn_epsilon: float = 1e-3, name: str = "standalone") -> keras.Model:
+                           num_classes: int, options: Optional[StandaloneOptions] = None,
+                           name: str = "standalone") -> keras.Model:
     """A functional Keras model with only ``arch``'s active inputs and ops.
 
     Takes uint8 NHWC images, returns logits.  BN is ordinary (running
-    statistics at inference); ``bn_momentum`` should suit the number of
-    training steps (0.99 needs thousands of steps).
+    statistics at inference) with ``options.bn_momentum`` (suit it to the
+    number of training steps: 0.99 needs thousands) and ``options.bn_epsilon``;
+    images are standardized with ``options.mean`` and ``options.std``.
 
     Under the global mixed precision policy (``oneshot_tf.precision``) at
     construction time, convolutions compute in bfloat16/float16 with float32
@@ -36,13 +37,15 @@ def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, in
     normalization in float32, and the head (pooling, logits) is float32, so
     the model returns float32 logits.
     """
+    options = options or StandaloneOptions()
     input_shape = tuple(int(d) for d in input_shape)
     channels = input_shape[-1]
-    mean = [0.0] * channels if mean is None else mean
-    std = [255.0] * channels if std is None else std
+    mean = [0.0] * channels if options.mean is None else options.mean
+    std = [255.0] * channels if options.std is None else options.std
 
     def make_bn(n):
-        return keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=n)
+        return keras.layers.BatchNormalization(momentum=options.bn_momentum, epsilon=options.bn_epsilon,
+                                               name=n)
 
     images = keras.Input(input_shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(images)
