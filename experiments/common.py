@@ -1,100 +1,93 @@
-"""Flags shared by every binary: each maps onto a ``RunConfig`` field."""
+"""Flags shared by every binary: each maps onto a ``RunConfig`` field, or
+onto a field of the chosen method's own settings.
+
+The method's flags depend on ``--method``, so it is read from the command
+line before the flags are defined: ``--method=NAME --helpfull`` lists that
+method's flags (and ``--helpfull`` alone the default method's).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
+from typing import List, Optional
 
 from absl import flags, logging
 
 from oneshot_tf import config as config_lib
-from oneshot_tf.distribute import STRATEGIES, get_distribution_strategy
-
-HELP = {
-    "method": "Search method (proxy): oneshot.",
-    "preset": f"Preset of defaults: {', '.join(config_lib.PRESETS)}; explicit flags override it.",
-    "dataset": "digits (embedded, no network), a tfds name (cifar10, cifar100, ...), or npz:PATH "
-               "(keys x_train, y_train, optional x_test, y_test).",
-    "data_dir": "tfds data directory holding prepared datasets (tfds build NAME --data_dir=DIR).",
-    "image_size": "Resize images to this square size (0: keep the dataset's size).",
-    "validation_size": "Validation examples carved from the training set (count, or fraction < 1; 0: default).",
-    "max_train_examples": "Use at most this many training examples (0: all).",
-    "seed": "Seed of data splits, initialization, path dropout, augmentation and candidate sampling.",
-    "num_cells": "Cells in the network.",
-    "num_stages": "Stages; between stages a fixed reduction (BN-ReLU, 2x2 average pooling with stride 2, "
-                  "1x1 convolution to twice the stage's filters) halves each of the two previous states.",
-    "filters": "F: filters per choice block in the first stage (doubled every stage).",
-    "num_blocks": "N_choice: choice blocks per cell.",
-    "ghost_batch_size": "Examples per ghost batch (own BN statistics and own path-dropout decisions).",
-    "drop_rate": "r: path-dropout coefficient; the final drop rate of a path is r**(1/k), k its fan-in.",
-    "weight_decay": "L2 coefficient for the proxy (applied only to paths in use).",
-    "train_steps": "Proxy training steps.",
-    "batch_size": "Global batch size of proxy training.",
-    "learning_rate": "Initial learning rate of proxy training (SGD with Nesterov momentum 0.9; schedule: "
-                     "--lr_schedule).",
-    "lr_schedule": "Learning-rate schedule of proxy training: cosine (decay to 0), constant, or cosine_floor "
-                   "(cosine decay to --lr_floor x --learning_rate). Stand-alone retraining always uses cosine.",
-    "lr_floor": "For --lr_schedule=cosine_floor: the final learning rate as a fraction of --learning_rate, in (0, 1).",
-    "augment": "Random crop after 4-pixel padding (plus horizontal flips on natural images).",
-    "search": "How candidates are chosen: random (the papers' method), refine (SMASH's perturbation chain) "
-              "or evolution (regularized evolution); the last two are keras-tuner searches in DIR/tuner.",
-    "num_candidates": "Candidates to score.",
-    "candidates_per_pass": ("Candidates scored in one compiled pass (each on the same examples, in its own ghost "
-                            "batches)."),
-    "score_examples": "Validation examples used to score a candidate, the first ones (0: all; every one is "
-                      "counted, the last group being filled up with other validation images).",
-    "kl_examples": "Unlabeled training examples for the symmetrized-KL score, drawn at random (seeded) from "
-                   "the training split (0: off).",
-    "kl_reference": "What the KL score compares a candidate against: dropout (the paper's: a collection of nearly-"
-                    "all-on architectures sampled with path dropout at r=1e-8, one per group of KL examples, "
-                    "seeded) or all_on (the one-shot model with every path on).",
-    "num_winners": "Best candidates to retrain stand-alone and export.",
-    "ranking": "top: highest score; small: fewest parameters above the small_percentile score.",
-    "small_percentile": "Score percentile a candidate must reach for --ranking=small.",
-    "retrain_filters": "F of the retrained stand-alone models (0: the search's F).",
-    "retrain_steps": "Training steps per stand-alone model.",
-    "retrain_batch_size": "Batch size of stand-alone training.",
-    "retrain_learning_rate": "Initial learning rate of stand-alone training.",
-    "retrain_weight_decay": "L2 coefficient of stand-alone training.",
-    "bn_momentum": "BN moving-average momentum of stand-alone models (suit it to retrain_steps).",
-    "strategy": f"tf.distribute strategy: {', '.join(STRATEGIES)}.",
-    "jit_compile": "Compile the training and scoring steps with XLA. Unset: on for TPU, off otherwise "
-                   "(on CPU measured ~25x slower, benchmark (d); GPU not measured yet).",
-    "precision": "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with dynamic loss scaling); "
-                 "BN statistics, normalizations, softmax and losses stay float32.",
-    "checkpoint_every": "Steps between checkpoints.",
-    "log_every": "Steps between TensorBoard/progress updates (and host reads of the step results).",
-}
+from oneshot_tf import registry
+from oneshot_tf.distribute import get_distribution_strategy
 
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def method_from_argv(argv: List[str]) -> str:
+    """The value of ``--method`` on a command line ('' if absent)."""
+    value = ""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        if arg.startswith("--method="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--method" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _define(f, default, help_text: str):
+    meta = f.metadata
+    if meta["tristate"]:
+        flags.DEFINE_bool(f.name, None, help_text)
+    elif meta["choices"] is not None:
+        flags.DEFINE_enum(f.name, default, list(meta["choices"]), help_text)
+    elif isinstance(default, bool):
+        flags.DEFINE_bool(f.name, default, help_text)
+    elif isinstance(default, int):
+        flags.DEFINE_integer(f.name, default, help_text)
+    elif isinstance(default, float):
+        flags.DEFINE_float(f.name, default, help_text)
+    else:
+        flags.DEFINE_string(f.name, default, help_text)
+
+
+def define_flags(argv: Optional[List[str]] = None):
+    """Generic flags, and the flags of the method named by ``--method`` in
+    ``argv`` (default ``sys.argv``; an unknown method ends the program with
+    the list of registered ones).  Flag defaults are the method's resolved
+    ``quick`` preset's, as a run without flags gets them."""
+    argv = sys.argv if argv is None else argv
+    try:
+        method = registry.get(method_from_argv(argv))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     flags.DEFINE_string("model_dir", None, "Directory of the run (local or gs://); steps resume in it.")
     flags.mark_flag_as_required("model_dir")
     flags.DEFINE_string("tpu", "", "TPU address for --strategy=tpu (empty or 'local' on a TPU VM).")
     flags.DEFINE_bool("quiet", False, "No progress bars.")
-    defaults = config_lib.RunConfig()
-    for f in dataclasses.fields(config_lib.RunConfig):
-        default = getattr(defaults, f.name)
-        if f.name == "preset":
-            flags.DEFINE_enum("preset", "quick", list(config_lib.PRESETS), HELP["preset"])
-        elif f.name == "jit_compile":
-            flags.DEFINE_bool(f.name, None, HELP[f.name])
-        elif isinstance(default, bool):
-            flags.DEFINE_bool(f.name, default, HELP[f.name])
-        elif isinstance(default, int):
-            flags.DEFINE_integer(f.name, default, HELP[f.name])
-        elif isinstance(default, float):
-            flags.DEFINE_float(f.name, default, HELP[f.name])
+    defaults = config_lib.resolve("quick", {}, method=method.name)
+    for f in config_lib.fields(config_lib.RunConfig):
+        if f.name == "method":
+            flags.DEFINE_enum("method", method.name, registry.names(),
+                              f"Search method: {'; '.join(f'{n}: {registry.get(n).description}' for n in registry.names())}. "
+                              f"--method=NAME --helpfull lists a method's own flags.")
+        elif f.name == "preset":
+            flags.DEFINE_enum("preset", "quick", sorted(method.presets),
+                              f"Preset of {method.name}'s defaults ({', '.join(sorted(method.presets))}); explicit "
+                              f"flags override it. Flag defaults shown here are the quick preset's.")
         else:
-            flags.DEFINE_string(f.name, default, HELP[f.name])
+            _define(f, getattr(defaults, f.name), f.metadata["help"])
+    for f in config_lib.fields(method.settings):
+        _define(f, getattr(defaults.settings, f.name), f"[{method.name}] {f.metadata['help']}")
+    return method
 
 
 def config_from_flags() -> config_lib.RunConfig:
-    overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.RunConfig)
-                 if f.name != "preset" and FLAGS[f.name].present}
-    return config_lib.resolve(FLAGS.preset, overrides)
+    """The resolved config: the method's preset, then the flags given explicitly."""
+    method = registry.get(FLAGS.method)
+    names = [f.name for f in config_lib.fields(config_lib.RunConfig) if f.name not in ("preset", "method")]
+    names += [f.name for f in config_lib.fields(method.settings)]
+    overrides = {n: FLAGS[n].value for n in names if FLAGS[n].present}
+    return config_lib.resolve(FLAGS.preset, overrides, method=method.name)
 
 
 def make_run():

@@ -1,4 +1,4 @@
-"""Step 1: train the proxy (the one-shot model); resumes from its last checkpoint.
+"""Step 1: train the proxy of --method; resumes from its last checkpoint.
 
     python -m experiments.train --model_dir=DIR [--preset=quick] [--helpfull]
 """

@@ -1,6 +1,8 @@
-"""Hypernetwork proxies (SMASH, GHN).
+"""Hypernetwork methods (SMASH, GHN), one subpackage each.
 
-Reserved for the SMASH and GHN methods, which will implement
-``oneshot_tf.search_space.SearchSpace`` / ``oneshot_tf.proxy.Proxy`` and
-register in ``oneshot_tf.pipeline.METHODS``; nothing is implemented here yet.
+Each will implement ``oneshot_tf.search_space.SearchSpace`` and
+``oneshot_tf.proxy.Proxy`` and register itself with
+``oneshot_tf.registry.register`` in its ``__init__`` (see
+``oneshot_tf/methods/oneshot/__init__.py``); the registry imports every
+subpackage of this package.  None is implemented yet.
 """

@@ -1,9 +1,14 @@
 """The search pipeline, method-agnostic: train the proxy, score candidates,
 retrain and export the winners.  Each step resumes in the same directory.
 
+It names no method: ``registry.get(cfg.method).build`` makes the search
+space and proxy, and everything method-specific is asked of them through
+their interfaces (``Proxy.validate_batch``, ``Proxy.group_size``,
+``Proxy.encode``, ``SearchSpace.widened``, ``StandaloneOptions``).
+
 Layout of a model directory::
 
-    config.json          resolved flags, search-space and proxy definitions, data summary
+    config.json          resolved flags (generic and the method's), search-space and proxy definitions, data summary
     proxy/               proxy checkpoints (+ TensorBoard events in proxy/train)
     candidates.jsonl     one JSON object per scored candidate
     score/               TensorBoard: histograms of candidate scores, the plot below
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -29,42 +34,18 @@ from oneshot_tf import distribute
 from oneshot_tf import io_utils
 from oneshot_tf import plots
 from oneshot_tf import precision
-from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
-from oneshot_tf.methods.oneshot.proxy import OneShotProxy
-from oneshot_tf.proxy import Proxy
+from oneshot_tf import registry
 from oneshot_tf.retrain import retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
-from oneshot_tf.search_space import SearchSpace, StandaloneOptions
+from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
-
-
-def _oneshot(cfg: config_lib.RunConfig, dataset: data_lib.ImageDataset) -> Tuple[SearchSpace, Proxy]:
-    space = CellSearchSpace(num_cells=cfg.num_cells, num_stages=cfg.num_stages, filters=cfg.filters,
-                            num_blocks=cfg.num_blocks)
-    mean, std = dataset.channel_stats()
-    proxy = OneShotProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
-                         mean=mean, std=std, ghost_batch_size=cfg.ghost_batch_size,
-                         drop_rate=cfg.drop_rate, weight_decay=cfg.weight_decay,
-                         static_shapes=cfg.jit_compile, kl_reference=cfg.kl_reference)
-    return space, proxy
-
-
-#: method name -> factory(config, dataset) -> (search space, proxy).
-METHODS: Dict[str, Callable[[config_lib.RunConfig, data_lib.ImageDataset], Tuple[SearchSpace, Proxy]]] = {
-    "oneshot": _oneshot,
-}
-
-
-#: Each is a keras-tuner search (project directory DIR/tuner): random (the
-#: papers' method), refine (SMASH's perturbation chain), evolution
-#: (regularized evolution).
-SEARCHES = ("random", "refine", "evolution")
 
 
 #: The version of what a model directory holds; a directory written under
 #: another version is refused (2: lighter reductions between stages, so older
-#: checkpoints do not fit the model).
-DIRECTORY_FORMAT = 2
+#: checkpoints do not fit the model; 3: methods as plug-ins, config.json
+#: records the method's settings and the one-shot model is built of layers).
+DIRECTORY_FORMAT = 3
 
 
 class ProxyNotTrainedError(RuntimeError):
@@ -83,21 +64,16 @@ class SearchRun:
 
     def __init__(self, cfg: config_lib.RunConfig, model_dir: str, *,
                  strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
+        from oneshot_tf import tuner as tuner_lib
+        method = registry.get(cfg.method)
+        if cfg.settings is None or type(cfg.settings) is not method.settings:
+            raise ValueError(f"the config's settings are not method {method.name!r}'s (use config.resolve)")
         config_lib.validate(cfg)
+        tuner_lib.check_search(cfg.search)
         if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
             raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
-        if cfg.method not in METHODS:
-            raise ValueError(f"unknown method {cfg.method!r}; available: {sorted(METHODS)}")
-        if cfg.search not in SEARCHES:
-            raise ValueError(f"unknown --search={cfg.search!r}; choose from {', '.join(SEARCHES)}")
-        if cfg.ranking not in ("top", "small"):
-            raise ValueError(f"unknown ranking {cfg.ranking!r}: use 'top' or 'small'")
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
-        if cfg.batch_size % (replicas * cfg.ghost_batch_size):
-            raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of replicas ({replicas}) x "
-                             f"--ghost_batch_size ({cfg.ghost_batch_size}): every replica trains on whole "
-                             f"ghost batches")
         if cfg.candidates_per_pass % replicas:
             raise ValueError(f"--candidates_per_pass={cfg.candidates_per_pass} must be a multiple of the "
                              f"{replicas} replicas (each scores a share of every pass)")
@@ -107,35 +83,53 @@ class SearchRun:
         if cfg.jit_compile is None:
             cfg = dataclasses.replace(cfg, jit_compile=distribute.default_jit_compile(self.strategy))
         self.cfg = cfg
+        self.method = method
         self.model_dir = model_dir
         self.chief = distribute.is_chief(self.strategy)
         self.verbose = verbose and self.chief
         keras.utils.set_random_seed(cfg.seed)
         precision.set_precision(cfg.precision)  # models built from here on use it
         self.dataset = load_data(cfg)
-        self.space, self.proxy = METHODS[cfg.method](cfg, self.dataset)
+        self.space, self.proxy = method.build(cfg, self.dataset)
+        self.proxy.validate_batch(cfg.batch_size, replicas)
+        self.space.widened(cfg.retrain_width)  # refused now, not after the search
         self._write_config()
 
     # -- config ------------------------------------------------------------
+    def _identity(self) -> Dict[str, Any]:
+        """What the directory keeps: the identity settings, and what the
+        method made of them (the space's and the proxy's definitions), so a
+        new method's setting is kept without being listed anywhere."""
+        return {"flags": self.cfg.identity(), "search_space": self.space.get_config(),
+                "proxy": self.proxy.get_config()}
+
     def _write_config(self):
         path = io_utils.join(self.model_dir, "config.json")
+        identity = self._identity()
         if tf.io.gfile.exists(path):
             stored = io_utils.read_json(path)
             if stored.get("format", 1) != DIRECTORY_FORMAT:
                 raise ValueError(f"{self.model_dir} was written by another version of oneshot-tf (directory format "
                                  f"{stored.get('format', 1)}, this one writes {DIRECTORY_FORMAT}: its checkpoints "
                                  f"do not fit today's models); use a new --model_dir")
-            old = stored.get("flags", {})
-            diff = config_lib.identity_diff(old, self.cfg.to_dict())
+            old = stored.get("identity", {})
+            diff = config_lib.identity_diff(old.get("flags", {}), identity["flags"])
             if diff:
                 desc = ", ".join(f"--{k}: {a!r} in the directory, {b!r} now" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.model_dir} holds a run with other settings ({desc}); "
                                  f"pass the same flags or use a new --model_dir")
+            for part in ("search_space", "proxy"):
+                if old.get(part) != identity[part]:
+                    raise ValueError(f"{self.model_dir} holds a run with another {part.replace('_', ' ')} "
+                                     f"({old.get(part)} in the directory, {identity[part]} now); use a new "
+                                     f"--model_dir")
         if not self.chief:
             return  # only the chief writes artifacts
         io_utils.write_json(path, {
             "format": DIRECTORY_FORMAT,
+            "method": self.method.name,
             "flags": self.cfg.to_dict(),
+            "identity": identity,
             "search_space": self.space.get_config(),
             "search_space_size": self.space.size(),
             "proxy": self.proxy.get_config(),
@@ -143,13 +137,14 @@ class SearchRun:
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         })
 
-    def _train_config(self, steps, batch, lr, seed_offset=0, lr_schedule="cosine", lr_floor=0.1) -> TrainConfig:
+    def _train_config(self, steps, batch, lr, seed_offset=0, **schedule) -> TrainConfig:
+        """Stand-alone retraining: SGD, Nesterov, cosine (``schedule`` empty);
+        the proxy passes its own optimizer and schedule."""
         c = self.cfg
-        return TrainConfig(steps=steps, batch_size=batch, learning_rate=lr, lr_schedule=lr_schedule,
-                           lr_floor=lr_floor, augment=c.augment,
+        return TrainConfig(steps=steps, batch_size=batch, learning_rate=lr, augment=c.augment,
                            flip=self.dataset.natural_images, seed=c.seed + seed_offset,
                            checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                           jit_compile=c.jit_compile, verbose=self.verbose)
+                           jit_compile=c.jit_compile, verbose=self.verbose, **schedule)
 
     @property
     def proxy_dir(self) -> str:
@@ -158,9 +153,11 @@ class SearchRun:
     # -- step 1 ------------------------------------------------------------
     def train_proxy(self) -> Dict[str, float]:
         c = self.cfg
+        decay_at = c.lr_decay_fractions() if c.lr_schedule == "step" else ()
         return train(self.proxy, self.dataset.x_train, self.dataset.y_train,
                      self._train_config(c.train_steps, c.batch_size, c.learning_rate,
-                                        lr_schedule=c.lr_schedule, lr_floor=c.lr_floor),
+                                        optimizer=c.optimizer, lr_schedule=c.lr_schedule, lr_floor=c.lr_floor,
+                                        lr_decay_at=decay_at, lr_decay_factor=c.lr_decay_factor),
                      self.proxy_dir, strategy=self.strategy,
                      summary_dir=io_utils.join(self.proxy_dir, "train"), description="proxy training")
 
@@ -177,15 +174,10 @@ class SearchRun:
         return self.proxy
 
     # -- step 2 ------------------------------------------------------------
-    def candidates(self) -> List[Any]:
-        """The random-search candidates: ``num_candidates`` distinct samples,
-        in the order ``--search=random`` scores them."""
-        return self.space.sample_unique(self.cfg.num_candidates, seed=self.cfg.seed + 1)
-
     def make_scorer(self) -> CandidateScorer:
         c = self.cfg
         scorer = CandidateScorer(self.proxy, ScoreConfig(
-            candidates_per_pass=c.candidates_per_pass, group_size=c.ghost_batch_size,
+            candidates_per_pass=c.candidates_per_pass, group_size=self.proxy.group_size,
             max_examples=c.score_examples or None, kl_examples=c.kl_examples, seed=c.seed,
             jit_compile=c.jit_compile, verbose=self.verbose), strategy=self.strategy)
         return scorer.prepare(self.dataset.x_val, self.dataset.y_val, self.dataset.x_train)
@@ -232,34 +224,23 @@ class SearchRun:
                 io_utils.copy(src, dst)
 
     def make_tuner(self, scorer: CandidateScorer, store: CandidateStore, root: Optional[str] = None):
-        """The keras-tuner search of ``--search`` (project in DIR/tuner).
-
-        Random search proposes ``candidates()``, in that order.  Refinement
-        keeps SMASH's proportions (500 random, 100 perturbations of their
-        best, 100 chain steps): 5/7, 1/7 and 1/7 of ``num_candidates``.
-        Evolution uses a population of ``num_candidates / 5`` (at most 50)
-        and tournaments of a quarter of it."""
+        """The keras-tuner search of ``--search`` (``tuner.make_oracle``;
+        project in DIR/tuner), scoring with ``scorer``."""
         from oneshot_tf import tuner as tuner_lib
         c = self.cfg
-        n = c.num_candidates
-        if c.search == "random":
-            oracle = tuner_lib.RandomArchitectureOracle(self.space, max_trials=n, seed=c.seed + 1)
-        elif c.search == "refine":
-            oracle = tuner_lib.RefinementOracle(self.space, max_trials=n, seed=c.seed + 1,
-                                                random_trials=max(1, 5 * n // 7),
-                                                base_perturbations=max(1, n // 7))
-        else:
-            population = max(2, min(50, n // 5))
-            oracle = tuner_lib.EvolutionOracle(self.space, max_trials=n, seed=c.seed + 1,
-                                               population_size=population, sample_size=max(1, population // 4))
-        mean, std = self.dataset.channel_stats()
+        oracle = tuner_lib.make_oracle(c.search, self.space, max_trials=c.num_candidates, seed=c.seed + 1)
         hypermodel = tuner_lib.ArchitectureHyperModel(
             self.space, input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
-            options=StandaloneOptions(mean=mean, std=std, bn_momentum=c.bn_momentum))
+            options=self.standalone_options())
         root = root or self.model_dir
-        return tuner_lib.ProxyTuner(oracle, hypermodel, scorer=scorer, store=store, method=c.method,
+        return tuner_lib.ProxyTuner(oracle, hypermodel, scorer=scorer, store=store, method=self.method.name,
                                     summary_dir=io_utils.join(root, "score", "tuner") if self.chief else None,
                                     directory=root, project_name="tuner", overwrite=False)
+
+    def standalone_options(self) -> StandaloneOptions:
+        """How stand-alone models of this run are built (data statistics, BN)."""
+        mean, std = self.dataset.channel_stats()
+        return StandaloneOptions(mean=mean, std=std, bn_momentum=self.cfg.bn_momentum)
 
     def _score_summaries(self, records):
         writer = tf.summary.create_file_writer(io_utils.join(self.model_dir, "score"))
@@ -271,7 +252,7 @@ class SearchRun:
             tf.summary.histogram("candidates/params", np.array([r["params"] for r in records], np.float32))
             tf.summary.scalar("candidates/best_score", float(scores.max()))
             tf.summary.scalar("candidates/count", len(records))
-            png = plots.candidates_png(records, title=f"{self.cfg.method} on {self.cfg.dataset}")
+            png = plots.candidates_png(records, title=f"{self.method.name} on {self.cfg.dataset}")
             tf.summary.image("candidates/plot", tf.image.decode_png(png)[None])
         writer.close()
         io_utils.atomic_write_bytes(io_utils.join(self.model_dir, "candidates.png"), png)
@@ -295,8 +276,7 @@ class SearchRun:
                 self.space, arch, self.dataset, out,
                 self._train_config(c.retrain_steps, c.retrain_batch_size, c.retrain_learning_rate,
                                    seed_offset=rank),
-                width_multiplier=(c.retrain_filters or c.filters) / c.filters,
-                options=StandaloneOptions(*self.dataset.channel_stats(), bn_momentum=c.bn_momentum),
+                width_multiplier=c.retrain_width, options=self.standalone_options(),
                 weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
                 extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
                                "proxy_kl": rec.get("kl"), "ranking": c.ranking})

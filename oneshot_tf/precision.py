@@ -19,13 +19,15 @@ from typing import Iterator
 
 import keras
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from oneshot_tf.config import PRECISIONS
+
+
 
 
 def check_precision(name: str) -> str:
     """``name`` if it is one of ``PRECISIONS``, else a ValueError naming them."""
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown --precision={name!r}; choose from {', '.join(PRECISIONS)}")
     return name
 
 
@@ -40,11 +42,6 @@ def set_precision(name: str) -> None:
 def current_precision() -> str:
     """The name of the global Keras dtype policy."""
     return keras.mixed_precision.global_policy().name
-
-
-def is_mixed(name: str) -> bool:
-    """Whether ``name`` computes in a low precision (bfloat16/float16)."""
-    return check_precision(name) != "float32"
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ class Proxy(TrainTask):
 
     Training goes through the package's one loop (``training.train``).
     Scoring goes through ``candidates_logits`` (``scoring.CandidateScorer``):
-    ``K`` candidate encodings (stacked ``space.encode`` outputs, axis 0 of
+    ``K`` candidate encodings (stacked ``encode`` outputs, axis 0 of
     length ``K``), each evaluated on the same examples, in one compiled
     function that serves every candidate.  Its default tiles the examples
     and calls ``candidate_logits``; a proxy with a cheaper way (the one-shot

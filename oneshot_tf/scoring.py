@@ -7,19 +7,19 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from oneshot_tf import io_utils
+from oneshot_tf.config import RANKINGS
 from oneshot_tf.proxy import Proxy
 
 
 @dataclasses.dataclass
 class ScoreConfig:
-    candidates_per_pass: int = 8   # K: candidates per forward pass, one per ghost batch
-    group_size: int = 32           # examples per candidate per pass (the ghost batch)
+    candidates_per_pass: int = 8   # K: candidates per forward pass
+    group_size: int = 32           # examples per group, the unit of batch statistics (Proxy.group_size)
     max_examples: Optional[int] = None  # validation examples scored, the first ones (None: all)
     kl_examples: int = 64          # unlabeled training examples for the KL score, drawn at random
     seed: int = 0                  # seeds the KL examples' draw and the proxy's reference architectures
@@ -123,9 +123,12 @@ class CandidateScorer:
         val = [np.asarray(x_val)[p] for p in pos]
         kl = []
         self.kl_indices = None
+        refs = None
         if x_kl is not None and self.cfg.kl_examples:
             n_kl = min(self.cfg.kl_examples, len(x_kl))
             pos = self._group_positions(len(x_kl), n_kl, "KL")
+            refs = self.proxy.reference_encodings(len(pos), seed=self.cfg.seed)
+        if refs is not None:
             # A seeded random draw from the pool (the training split), in
             # random order; the fillers are the draw's next examples.
             draw = np.random.default_rng([self.cfg.seed, 2]).permutation(len(x_kl))
@@ -144,15 +147,15 @@ class CandidateScorer:
                         for i in range(passes)]
         self._ref = None
         if kl:
-            self._ref = self._reference_predictions()
+            self._ref = self._reference_predictions(list(refs))
         return self
 
-    def _reference_predictions(self) -> np.ndarray:
+    def _reference_predictions(self, refs) -> np.ndarray:
         """Log-probabilities ``[KL groups, g, classes]``: KL group ``j`` under
-        the proxy's reference ``j``.  Distinct references are evaluated like
-        candidates (``K`` per call), on the passes that hold KL groups only."""
+        the proxy's reference ``j`` (``refs[j]``).  Distinct references are
+        evaluated like candidates (``K`` per call), on the passes that hold KL
+        groups only."""
         k = self.cfg.candidates_per_pass
-        refs = list(self.proxy.reference_encodings(self._num_kl, seed=self.cfg.seed))
         if len(refs) != self._num_kl:
             raise ValueError(f"{type(self.proxy).__name__}.reference_encodings returned {len(refs)} "
                              f"encodings for {self._num_kl} KL groups")
@@ -182,11 +185,6 @@ class CandidateScorer:
     @staticmethod
     def _stack(encodings: Sequence[Dict[str, np.ndarray]]):
         return {k: tf.constant(np.stack([e[k] for e in encodings])) for k in encodings[0]}
-
-    @property
-    def num_examples(self) -> int:
-        """Validation examples scored (each counted once in the accuracy)."""
-        return self._num_val_examples
 
     def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
         """Scores of up to ``K`` candidates (one compiled call per pass)."""
@@ -271,22 +269,6 @@ def candidate_record(space, arch, scores: Dict[str, float], *, index: int, metho
             "flops": space.count_flops(arch, input_shape=input_shape, num_classes=num_classes)}
 
 
-def score_architectures(scorer: CandidateScorer, space, archs: Sequence[Any], store: CandidateStore,
-                        *, input_shape, num_classes: int, method: str, start_index: int = 0,
-                        verbose: bool = True) -> List[Dict[str, Any]]:
-    """Score ``archs`` not yet in ``store`` and append their records."""
-    todo = [(i, a) for i, a in enumerate(archs, start_index) if space.arch_id(a) not in store.ids]
-    k = scorer.cfg.candidates_per_pass
-    bar = keras.utils.Progbar(len(archs), verbose=1 if verbose else 0, unit_name="candidate")
-    bar.update(len(archs) - len(todo))
-    for s in range(0, len(todo), k):
-        group = todo[s:s + k]
-        scores = scorer.score_encodings([space.encode(a) for _, a in group])
-        store.append([candidate_record(space, arch, sc, index=index, method=method, input_shape=input_shape,
-                                       num_classes=num_classes) for (index, arch), sc in zip(group, scores)])
-        bar.update(len(archs) - len(todo) + s + len(group),
-                   [("best", max(r["score"] for r in store.records))])
-    return store.records
 
 
 def rank_candidates(records: Sequence[Dict[str, Any]], mode: str = "top",
@@ -307,4 +289,4 @@ def rank_candidates(records: Sequence[Dict[str, Any]], mode: str = "top",
         threshold = float(np.percentile([r["score"] for r in recs], percentile))
         eligible = [r for r in recs if r["score"] >= threshold]
         return sorted(eligible, key=lambda r: (r["params"], -r["score"], r["id"]))
-    raise ValueError(f"unknown ranking {mode!r}: use 'top' or 'small'")
+    raise ValueError(f"unknown --ranking={mode!r}; choose from {', '.join(RANKINGS)}")

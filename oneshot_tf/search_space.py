@@ -17,7 +17,7 @@ import abc
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 

@@ -1,11 +1,20 @@
 """The one training loop of the package.
 
 Every trainable thing (a proxy such as the one-shot model, a stand-alone
-model being retrained) is a ``TrainTask``; ``train`` runs it with SGD
-(Nesterov momentum, cosine decay by default) through ``strategy.run`` in one compiled
-step, checkpoints weights, optimizer, step and (through the step) the RNG
-state, resumes from the last checkpoint, stops on a NaN loss with the last
-good checkpoint kept, logs to TensorBoard and shows progress.
+model being retrained) is a ``TrainTask``; ``train`` runs it with the
+optimizer and learning-rate schedule of its ``TrainConfig`` (SGD with Nesterov
+momentum or Adam; cosine, constant, cosine with a floor, or step decay)
+through ``strategy.run`` in one compiled step, checkpoints weights,
+optimizer, step and (through the step) the RNG state, resumes from the last
+checkpoint, stops on a NaN loss with the last good checkpoint kept, logs to
+TensorBoard and shows progress.
+
+A task that draws something new every step on the host (a method that
+trains on a fresh random architecture per step) returns it from
+``TrainTask.step_inputs``: fixed-shape arrays, fed to the compiled step as
+tensors (one trace serves every step), the same on every replica, and
+derived from the step's seed, so a resumed run draws what the uninterrupted
+one would have.
 """
 
 from __future__ import annotations
@@ -13,7 +22,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -26,6 +34,7 @@ from absl import logging
 
 from oneshot_tf import data as data_lib
 from oneshot_tf import distribute
+from oneshot_tf.config import LR_SCHEDULES, OPTIMIZERS
 
 
 class TrainingDivergedError(RuntimeError):
@@ -104,6 +113,21 @@ class TrainTask(abc.ABC):
         over replicas gives the global value.
         """
 
+    def step_inputs(self, step: int, *, seed, progress: float,
+                    global_batch_size: int) -> Optional[Dict[str, np.ndarray]]:
+        """Host-side inputs of training step ``step`` (0-based), or ``None``
+        (the default: the task needs none).
+
+        Arrays of the same shapes and dtypes at every step; the loop passes
+        them to ``loss`` as ``step_inputs`` (tensors, the same on every
+        replica: a task slices its replica's share by ``replica_id``).
+        ``seed`` is the step's ``[2]`` int32 seed that ``loss`` also gets, and
+        ``progress`` the float32 ``step / total_steps`` (capped at 1) it sees,
+        so an in-graph draw and a host draw can be made identical.  Must be
+        deterministic in its arguments: a resumed run redraws the same.
+        """
+        return None
+
     def summaries(self, progress) -> Dict[str, float]:
         """Extra scalars for TensorBoard at ``progress`` (host side)."""
         return {}
@@ -113,11 +137,14 @@ class TrainTask(abc.ABC):
 class TrainConfig:
     steps: int
     batch_size: int = 64            # global batch
+    optimizer: str = "sgd"          # sgd (momentum, Nesterov) | adam
     learning_rate: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    lr_schedule: str = "cosine"     # cosine (to 0) | constant | cosine_floor (to lr_floor * learning_rate)
+    momentum: float = 0.9           # sgd only
+    nesterov: bool = True           # sgd only
+    lr_schedule: str = "cosine"     # cosine (to 0) | constant | cosine_floor (to lr_floor * lr) | step
     lr_floor: float = 0.1           # cosine_floor only: the final learning rate, a fraction of the initial
+    lr_decay_at: Tuple[float, ...] = (0.5, 0.75)  # step only: fractions of ``steps`` where lr is multiplied
+    lr_decay_factor: float = 0.5    # step only: by this
     augment: bool = True
     flip: bool = False
     seed: int = 0
@@ -127,15 +154,18 @@ class TrainConfig:
     verbose: bool = True
 
 
-LR_SCHEDULES = ("cosine", "constant", "cosine_floor")
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD (Nesterov) with the learning rate of ``cfg.lr_schedule``: cosine
-    decay to 0 over ``cfg.steps``, constant, or ``cosine_floor``, cosine decay
+    """``cfg.optimizer`` (SGD with ``momentum``/``nesterov``, or Adam with
+    Keras's defaults) with the learning rate of ``cfg.lr_schedule``: cosine
+    decay to 0 over ``cfg.steps``; constant; ``cosine_floor``, cosine decay
     to ``lr_floor * learning_rate`` (``lr(t) = lr0 * (f + (1 - f) * (1 +
-    cos(pi t / T)) / 2)``, Keras's ``CosineDecay(alpha=f)``); wrapped in
-    dynamic loss scaling when the global Keras policy is ``mixed_float16``."""
+    cos(pi t / T)) / 2)``, Keras's ``CosineDecay(alpha=f)``); or ``step``,
+    ``lr0 * lr_decay_factor ** (number of fractions in lr_decay_at that
+    t / T has reached)`` (GHN's Adam at 1e-3 halved at 50% and 75%:
+    ``lr_decay_at=(0.5, 0.75), lr_decay_factor=0.5``).  Wrapped in dynamic
+    loss scaling when the global Keras policy is ``mixed_float16``."""
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(cfg.steps, 1))
     elif cfg.lr_schedule == "cosine_floor":
@@ -146,12 +176,35 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
                                                     alpha=cfg.lr_floor)
     elif cfg.lr_schedule == "constant":
         lr = cfg.learning_rate
+    elif cfg.lr_schedule == "step":
+        fractions = tuple(float(f) for f in cfg.lr_decay_at)
+        if not fractions or any(not 0.0 < f < 1.0 for f in fractions) or list(fractions) != sorted(set(fractions)):
+            raise ValueError(f"lr_decay_at must be increasing fractions in (0, 1), got {cfg.lr_decay_at}")
+        if not 0.0 < cfg.lr_decay_factor < 1.0:
+            raise ValueError(f"lr_decay_factor must be in (0, 1), got {cfg.lr_decay_factor}")
+        # The optimizer counts steps from 0: the lr of step t (0-based) is the
+        # value after t updates, boundary b = round(f * T) starts the decay.
+        boundaries = [max(1, int(round(f * cfg.steps))) - 1 for f in fractions]
+        values = [cfg.learning_rate * cfg.lr_decay_factor ** i for i in range(len(fractions) + 1)]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     else:
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} ({', '.join(LR_SCHEDULES)})")
-    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    elif cfg.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r} ({', '.join(OPTIMIZERS)})")
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def step_seed(seed: int, step: int) -> np.ndarray:
+    """The ``[2]`` int32 seed of training step ``step`` (0-based) of a run
+    seeded ``seed``: what ``TrainTask.loss`` and ``step_inputs`` get."""
+    m = 2 ** 31 - 1
+    return np.array([seed % m, step % m], np.int32)
 
 
 def current_lr(optimizer) -> float:
@@ -245,10 +298,20 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
 
     per_replica_batch = cfg.batch_size // replicas
 
-    def replica_step(images, labels):
+    def host_inputs(step: int):
+        """``task.step_inputs`` of 0-based ``step``, with the seed and
+        progress the compiled step computes for it."""
+        progress = np.minimum(np.float32(step) / np.float32(total), np.float32(1.0))
+        return task.step_inputs(step, seed=step_seed(cfg.seed, step), progress=float(progress),
+                                global_batch_size=cfg.batch_size)
+
+    probe = host_inputs(start)
+    feeds = probe is not None
+
+    def replica_step(images, labels, extra=None):
         ctx = tf.distribute.get_replica_context()
         # Static per-replica shapes (multi-worker input rebatching hides them;
-        # XLA/TPU and the ghost-batch split need them).
+        # XLA/TPU and tasks that split the batch, such as into ghost batches, need them).
         images = tf.ensure_shape(images, [per_replica_batch] + list(images.shape[1:]))
         labels = tf.ensure_shape(labels, [per_replica_batch] + list(labels.shape[1:]))
         step = step_var
@@ -256,11 +319,12 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         # One seed per step for all replicas: tasks draw randomness for the
         # global batch and take their replica's slice (same under any split).
         seed = tf.stack([tf.constant(cfg.seed % (2 ** 31 - 1), tf.int64), tf.cast(step, tf.int64)])
-        seed = tf.cast(seed % (2 ** 31 - 1), tf.int32)
+        seed = tf.cast(seed % (2 ** 31 - 1), tf.int32)  # = step_seed(cfg.seed, step)
         with tf.GradientTape() as tape:
+            kwargs = {"step_inputs": extra} if feeds else {}
             loss, metrics = task.loss(images, labels, progress=progress, seed=seed,
                                       global_batch_size=cfg.batch_size, num_replicas=replicas,
-                                      replica_id=ctx.replica_id_in_sync_group)
+                                      replica_id=ctx.replica_id_in_sync_group, **kwargs)
             loss = tf.cast(loss, tf.float32)
             scaled = optimizer.scale_loss(loss)
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
@@ -272,9 +336,10 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
     compiled_step = tf.function(replica_step, jit_compile=True) if cfg.jit_compile else replica_step
 
     @tf.function
-    def train_step(it):
+    def train_step(it, extra=None):
         images, labels = next(it)
-        per_replica = strategy.run(compiled_step, args=(images, labels))
+        # ``extra`` (host-side step inputs) is not per-replica: every replica gets all of it.
+        per_replica = strategy.run(compiled_step, args=(images, labels) + ((extra,) if feeds else ()))
         out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
         with tf.control_dependencies(list(out.values())):
             step_var.assign_add(1)
@@ -299,7 +364,11 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
     pending: List[Dict[str, tf.Tensor]] = []
     t0, n0 = time.time(), start
     for step in range(start + 1, cfg.steps + 1):
-        out = preemption.run(train_step, iterator) if preemption is not None else train_step(iterator)
+        args = (iterator,)
+        if feeds:
+            extra = probe if step == start + 1 else host_inputs(step - 1)
+            args += ({k: tf.constant(v) for k, v in extra.items()},)
+        out = preemption.run(train_step, *args) if preemption is not None else train_step(*args)
         pending.append(out)
         log = step % cfg.log_every == 0 or step == cfg.steps
         save = step % cfg.checkpoint_every == 0 or step == cfg.steps

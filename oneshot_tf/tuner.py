@@ -3,20 +3,22 @@ proposes architectures of any search space, and a Tuner that scores each
 trial with an already trained proxy (no model is trained per trial).
 
     hypermodel = ArchitectureHyperModel(space, input_shape=..., num_classes=...)
-    oracle = RandomArchitectureOracle(space, max_trials=100, seed=0)
-    tuner = ProxyTuner(oracle, hypermodel, scorer=scorer, directory=DIR, project_name="tuner")
+    oracle = make_oracle("refine", space, max_trials=100, seed=0)   # a name of SEARCHES
+    tuner = ProxyTuner(oracle, hypermodel, scorer=scorer, method="oneshot", directory=DIR,
+                       project_name="tuner")
     tuner.search()
     best = tuner.best_architectures(2)
     model = tuner.hypermodel.build(tuner.get_best_hyperparameters()[0])   # trainable stand-alone model
 
 The tuner's state is keras-tuner's own project directory: a search restarted
-on the same directory continues without losing or re-scoring a trial.
+on the same directory continues without losing or re-scoring a trial, and
+keeps its phase sizes (``oracle.json``) even when ``max_trials`` grows.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import keras_tuner
@@ -88,6 +90,23 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
                 return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
             attempt += 1
 
+    #: Attributes that shape the search's phases.  They are kept in
+    #: ``oracle.json``: on reload the stored values win over the constructor's
+    #: (which a caller may derive from a grown ``max_trials``), so a resumed
+    #: search keeps its phases; only ``max_trials`` itself follows the caller.
+    KEPT_SETTINGS: Tuple[str, ...] = ()
+
+    def get_state(self):
+        state = super().get_state()
+        state["architecture_search"] = {key: getattr(self, key) for key in self.KEPT_SETTINGS}
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        for key, value in state.get("architecture_search", {}).items():
+            if key in self.KEPT_SETTINGS:
+                setattr(self, key, value)
+
     # -- state on disk: atomic writes, one oracle save per batch, repair on reload
     def save(self):
         if self._defer_depth:
@@ -119,7 +138,7 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
         # kill): unfinished ones are retried; the duplicate index and the
         # orders are rebuilt from the trial files.
         status = keras_tuner.engine.trial.TrialStatus
-        for trial_id in sorted(self.trials):
+        for trial_id in sorted(self.trials, key=int):
             trial = self.trials[trial_id]
             h = self._compute_values_hash(trial.hyperparameters.values)
             self._tried_so_far.add(h)
@@ -131,16 +150,19 @@ class RandomArchitectureOracle(keras_tuner.Oracle):
             if trial.status == status.RUNNING and trial_id not in self._retry_queue:
                 self._retry_queue.append(trial_id)
         # Retries are popped from the end: oldest last in, first out.
-        self._retry_queue.sort(reverse=True)
+        self._retry_queue.sort(key=int, reverse=True)
 
 
 class _ArchitectureOracle(RandomArchitectureOracle):
     """Shared helpers: completed trials in order, and mutation of values."""
 
     def _completed(self):
+        """Completed trials, oldest first.  Trial ids are compared as numbers:
+        their zero padding follows ``max_trials`` ("9" is older than "10",
+        and than "09" after ``max_trials`` grew past 9)."""
         done = [t for t in self.trials.values()
                 if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED and t.score is not None]
-        return sorted(done, key=lambda t: t.trial_id)
+        return sorted(done, key=lambda t: int(t.trial_id))
 
     def _better(self, a, b) -> bool:
         return a > b if self.objective.direction == "max" else a < b
@@ -181,7 +203,10 @@ class RefinementOracle(_ArchitectureOracle):
     probability ``resample_probability``, 5% by default, at least one); then a
     Markov chain: each trial perturbs the current architecture, and a move is
     accepted (becomes the current architecture) only if it scores better.
+    The phase sizes and the probability are kept in ``oracle.json``.
     """
+
+    KEPT_SETTINGS = ("random_trials", "base_perturbations", "resample_probability")
 
     def __init__(self, space: SearchSpace, *, random_trials: int = 500, base_perturbations: int = 100,
                  resample_probability: float = 0.05, **kwargs):
@@ -211,7 +236,10 @@ class EvolutionOracle(_ArchitectureOracle):
     ageing.  The population is the ``population_size`` most recent completed
     trials (the oldest dies); each new trial mutates one decision of the best
     of ``sample_size`` population members drawn at random.  The first
-    ``population_size`` trials are random."""
+    ``population_size`` trials are random.  Both sizes are kept in
+    ``oracle.json``."""
+
+    KEPT_SETTINGS = ("population_size", "sample_size")
 
     def __init__(self, space: SearchSpace, *, population_size: int = 20, sample_size: int = 5, **kwargs):
         super().__init__(space, **kwargs)
@@ -232,7 +260,57 @@ class EvolutionOracle(_ArchitectureOracle):
         return self._propose(parent.hyperparameters.values, 0.0, index)
 
 
-ORACLES = {"random": RandomArchitectureOracle, "refine": RefinementOracle, "evolution": EvolutionOracle}
+# ---------------------------------------------------------------------------
+# the searches: one registry, name -> factory(space, max_trials=, seed=)
+# ---------------------------------------------------------------------------
+
+def random_search(space: SearchSpace, *, max_trials: int, seed: int) -> RandomArchitectureOracle:
+    """random: the papers' method.  ``max_trials`` distinct random
+    architectures, the sequence of ``space.sample_unique(max_trials, seed)``."""
+    return RandomArchitectureOracle(space, max_trials=max_trials, seed=seed)
+
+
+def refine_search(space: SearchSpace, *, max_trials: int, seed: int) -> RefinementOracle:
+    """refine: SMASH's refinement in SMASH's proportions (500 random, 100
+    perturbations of their best, 100 chain steps): 5/7 of ``max_trials``
+    random, 1/7 perturbations of their best, the rest a chain of accepted
+    improvements (``RefinementOracle``)."""
+    n = int(max_trials)
+    return RefinementOracle(space, max_trials=n, seed=seed, random_trials=max(1, 5 * n // 7),
+                            base_perturbations=max(1, n // 7))
+
+
+def evolution_search(space: SearchSpace, *, max_trials: int, seed: int) -> EvolutionOracle:
+    """evolution: regularized evolution with a population of ``max_trials / 5``
+    (2 to 50) and tournaments of a quarter of it (``EvolutionOracle``)."""
+    population = max(2, min(50, int(max_trials) // 5))
+    return EvolutionOracle(space, max_trials=max_trials, seed=seed, population_size=population,
+                           sample_size=max(1, population // 4))
+
+
+#: The searches ``--search`` names, in the order flag help lists them
+#: (``', '.join(SEARCHES)``): name -> factory(space, *, max_trials, seed) -> Oracle.
+#: A resumed search keeps the phase sizes of its first run (``oracle.json``).
+SEARCHES: Dict[str, Callable[..., keras_tuner.Oracle]] = {
+    "random": random_search,
+    "refine": refine_search,
+    "evolution": evolution_search,
+}
+
+
+def check_search(search: str) -> None:
+    """``ValueError`` naming ``--search`` and the choices unless ``search`` is
+    a name of ``SEARCHES`` (for checks made before a search space exists)."""
+    if search not in SEARCHES:
+        raise ValueError(f"unknown --search={search!r}; choose from {', '.join(SEARCHES)}")
+
+
+def make_oracle(search: str, space: SearchSpace, *, max_trials: int, seed: int) -> keras_tuner.Oracle:
+    """The oracle of the search named ``search`` (a key of ``SEARCHES``)
+    proposing ``max_trials`` architectures of ``space``; its sequence depends
+    only on ``seed``."""
+    check_search(search)
+    return SEARCHES[search](space, max_trials=int(max_trials), seed=int(seed))
 
 
 class ProxyTuner(keras_tuner.Tuner):
@@ -241,11 +319,14 @@ class ProxyTuner(keras_tuner.Tuner):
     ``run_trial`` builds no model (so keras-tuner's per-build
     ``clear_session`` never runs and the shared proxy survives); it returns
     the proxy's metrics (``score``, ``accuracy``, ``kl``) and, with a
-    ``store``, appends the candidate record to candidates.jsonl.
+    ``store``, appends the candidate record to candidates.jsonl (its
+    ``method`` field is ``method``, the name of the proxy's method).
+    Architectures reach the scorer through the proxy's own encoding
+    (``scorer.proxy.encode``).
     """
 
     def __init__(self, oracle: keras_tuner.Oracle, hypermodel: ArchitectureHyperModel, *,
-                 scorer: CandidateScorer, store: Optional[CandidateStore] = None, method: str = "oneshot",
+                 scorer: CandidateScorer, method: str, store: Optional[CandidateStore] = None,
                  summary_dir: Optional[str] = None, **kwargs):
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self.space = hypermodel.space
@@ -300,7 +381,7 @@ class ProxyTuner(keras_tuner.Tuner):
             return
         status = keras_tuner.engine.trial.TrialStatus
         done = sorted((t for t in self.oracle.trials.values()
-                       if t.status == status.COMPLETED and t.score is not None), key=lambda t: t.trial_id)
+                       if t.status == status.COMPLETED and t.score is not None), key=lambda t: int(t.trial_id))
         hm = self.hypermodel
         archs = [self.space.from_hyperparameters(t.hyperparameters.values) for t in done]
         params = [self.space.count_params(a, input_shape=hm.input_shape, num_classes=hm.num_classes)
@@ -336,7 +417,7 @@ class ProxyTuner(keras_tuner.Tuner):
 
     def _score_trials(self, trials) -> List[Dict[str, float]]:
         archs = [self.space.from_hyperparameters(t.hyperparameters.values) for t in trials]
-        scores = self.scorer.score_encodings([self.space.encode(a) for a in archs])
+        scores = self.scorer.score_encodings([self.scorer.proxy.encode(a) for a in archs])
         if self.store is not None:
             hm = self.hypermodel
             self.store.append([candidate_record(self.space, a, sc, index=int(t.trial_id), method=self.method,

@@ -30,8 +30,8 @@ from oneshot_tf.distribute import get_distribution_strategy  # noqa: E402
 from oneshot_tf.pipeline import SearchRun  # noqa: E402
 from oneshot_tf.training import TrainingPreempted  # noqa: E402
 
-types = {f.name: f.type for f in __import__("dataclasses").fields(config_lib.RunConfig)}
-cfg = config_lib.resolve("tiny", {k: (int(v) if types[k] in (int, "int") else v) for k, v in overrides.items()})
+defaults = config_lib.resolve("tiny", {}).to_dict()  # the flags' types: those of their defaults
+cfg = config_lib.resolve("tiny", {k: type(defaults[k])(v) for k, v in overrides.items()})
 strategy = get_distribution_strategy("multi_worker_mirrored")
 run = SearchRun(cfg, model_dir, strategy=strategy, verbose=False)
 try:

@@ -450,8 +450,9 @@ def _printed(value):
 def test_paper_preset_counts_match_table_1():
     cfg = config_lib.resolve("paper", {})
     kw = dict(input_shape=(32, 32, 3), num_classes=10)
-    base = CellSearchSpace(num_cells=cfg.num_cells, num_stages=cfg.num_stages, filters=cfg.filters,
-                           num_blocks=cfg.num_blocks)
+    s = cfg.settings
+    base = CellSearchSpace(num_cells=s.num_cells, num_stages=s.num_stages, filters=s.filters,
+                           num_blocks=s.num_blocks)
     assert (base.num_cells, base.num_stages, base.filters, base.num_blocks) == (6, 3, 16, 4)
     rng = np.random.default_rng(2018)
     archs = [base.sample(rng) for _ in range(4000)]  # the same architectures at every F, as in Table 1

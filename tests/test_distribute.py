@@ -59,7 +59,6 @@ def test_chief_and_worker_dirs_from_the_cluster(monkeypatch):
     with_chief = {"chief": ["localhost:0"], **workers}
 
     def strategy(resolver):
-        s = tf.distribute.get_strategy()
         return type("S", (), {"cluster_resolver": resolver, "num_replicas_in_sync": 1})()
 
     assert distribute.is_chief(strategy(Resolver("worker", 0, workers)))
@@ -183,7 +182,7 @@ def _search(strategy, directory, k=4, n=10):
                                                 verbose=False), strategy=strategy).prepare(x, y, x)
     tuner = ProxyTuner(RandomArchitectureOracle(SPACE, max_trials=n, seed=2),
                        ArchitectureHyperModel(SPACE, input_shape=SHAPE, num_classes=10), scorer=scorer,
-                       store=CandidateStore(str(directory / "candidates.jsonl")),
+                       store=CandidateStore(str(directory / "candidates.jsonl")), method="oneshot",
                        directory=str(directory), project_name="tuner")
     tuner.search(verbose=0)
     with open(directory / "candidates.jsonl") as f:

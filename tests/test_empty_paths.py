@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from oneshot_tf import oneshot as oneshot_lib
+from oneshot_tf.methods.oneshot import proxy as oneshot_lib  # (the sampler the proxy calls)
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.proxy import OneShotProxy
 from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel

@@ -85,7 +85,7 @@ def test_sigterm_on_one_worker_checkpoints_both_and_resumes(tmp_path):
     from oneshot_tf.training import checkpoint_step
 
     model_dir = tmp_path / "run"
-    flags = ["step=train", "num_cells=1", "num_stages=1", "ghost_batch_size=8", "train_steps=300",
+    flags = ["step=train", "num_cells=1", "num_stages=1", "ghost_batch_size=8", "train_steps=150",
              "checkpoint_every=100000", "log_every=1"]
     procs = _start(tmp_path, model_dir, flags)
     events = model_dir / "proxy" / "train"
@@ -100,11 +100,11 @@ def test_sigterm_on_one_worker_checkpoints_both_and_resumes(tmp_path):
     outputs = _wait(procs, codes=(42, 42))
     assert all("preempted (SIGTERM) at step" in out for out in outputs)
     step = checkpoint_step(str(model_dir / "proxy"))
-    assert 0 < step < 300
+    assert 0 < step < 150
     assert all(f"at step {step}" in out for out in outputs)  # both stopped at the same step
 
     _wait(_start(tmp_path, model_dir, flags))
-    assert checkpoint_step(str(model_dir / "proxy")) == 300
+    assert checkpoint_step(str(model_dir / "proxy")) == 150
     w0, w1 = (np.load(tmp_path / f"worker{i}.npz", allow_pickle=False) for i in range(2))
     for k in (k for k in w0.files if k.startswith("w/")):
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)

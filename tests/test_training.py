@@ -257,6 +257,81 @@ def test_divergence_never_calls_a_nan_checkpoint_good(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def test_step_schedule_and_adam():
+    """step: lr0 * factor ** (fractions of the run reached), on the update
+    index t (0-based): with T=10 and (0.5, 0.75), t < 5 at lr0, 5 <= t < 8
+    (round(7.5) = 8) at lr0/2, then lr0/4.  Adam takes any schedule."""
+    opt = make_optimizer(TrainConfig(steps=10, learning_rate=0.4, lr_schedule="step", lr_decay_at=(0.5, 0.75),
+                                     lr_decay_factor=0.5))
+    assert isinstance(opt, keras.optimizers.SGD) and opt.get_config()["nesterov"] is True
+    got = []
+    for t in range(12):
+        opt.iterations.assign(t)
+        got.append(training.current_lr(opt))
+    assert got == pytest.approx([0.4] * 5 + [0.2] * 3 + [0.1] * 4)
+    adam = make_optimizer(TrainConfig(steps=100, learning_rate=1e-3, optimizer="adam", lr_schedule="step",
+                                      lr_decay_at=(0.5, 0.75)))
+    assert isinstance(adam, keras.optimizers.Adam)
+    for t, lr in ((0, 1e-3), (49, 1e-3), (50, 5e-4), (74, 5e-4), (75, 2.5e-4), (99, 2.5e-4)):
+        adam.iterations.assign(t)
+        assert training.current_lr(adam) == pytest.approx(lr), t
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer(TrainConfig(steps=10, optimizer="rmsprop"))
+    with pytest.raises(ValueError, match=r"lr_decay_at must be increasing fractions in \(0, 1\)"):
+        make_optimizer(TrainConfig(steps=10, lr_schedule="step", lr_decay_at=(0.75, 0.5)))
+
+
+def test_adam_trajectory_matches_hand_computed_adam(tmp_path):
+    """ScalarTask's loss w (gradient 1, w0 = 0) under Adam at a constant lr:
+    the loop's weight after 3 steps is Keras Adam's update rule by hand
+    (lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), w -= lr_t m / (sqrt(v) + eps))."""
+    x, y = _scalar_data()
+    cfg = _scalar_cfg(steps=3, optimizer="adam", learning_rate=0.1, lr_schedule="constant")
+    task = ScalarTask()
+    train(task, x, y, cfg, str(tmp_path / "adam"))
+    w, m, v = 0.0, 0.0, 0.0
+    for t in range(1, 4):
+        m, v = 0.9 * m + 0.1, 0.999 * v + 0.001
+        w -= 0.1 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (math.sqrt(v) + 1e-7)
+    assert float(task.model.trainable_variables[0].numpy()[0, 0]) == pytest.approx(w, rel=1e-5)
+    assert w == pytest.approx(-0.3, rel=1e-3)  # Adam's steps are ~lr each for a constant gradient
+
+
+class HostMaskProxy(OneShotProxy):
+    """Records the host-drawn inputs it feeds (``mask_source="host"``)."""
+
+    fed = None
+
+    def step_inputs(self, step, **kw):
+        out = super().step_inputs(step, **kw)
+        self.fed = (self.fed or []) + [(step, out["op_mask"].copy())]
+        return out
+
+
+def test_path_dropout_masks_drawn_on_the_host_train_identically(digits_small, tmp_path):
+    """One-shot's path dropout through the generic per-step mechanism
+    (TrainTask.step_inputs): masks drawn on the host by the same function
+    and seed give the same training as masks drawn inside the step."""
+    x, y = digits_small
+    cfg = TrainConfig(steps=4, batch_size=32, learning_rate=0.1, seed=5, checkpoint_every=4, log_every=1,
+                      verbose=False)
+    graph = _make_proxy()
+    out_graph = train(graph, x, y, cfg, str(tmp_path / "graph"))
+    keras.utils.set_random_seed(0)
+    host = HostMaskProxy(_tiny_space(), input_shape=(8, 8, 1), num_classes=10, ghost_batch_size=16,
+                         drop_rate=0.5, weight_decay=1e-4, mask_source="host")
+    out_host = train(host, x, y, cfg, str(tmp_path / "host"))
+    assert [s for s, _ in host.fed] == [0, 1, 2, 3]
+    assert host.fed[0][1].shape == (2, 1, 7)  # every ghost batch of the global batch
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(host.fed, host.fed[1:]))
+    for k in ("loss", "paths_kept", "accuracy"):
+        assert out_host[k] == pytest.approx(out_graph[k], rel=1e-6, abs=1e-7), k
+    for u, v in zip(_weights(graph), _weights(host)):
+        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown mask_source 'disk'"):
+        OneShotProxy(_tiny_space(), input_shape=(8, 8, 1), num_classes=10, mask_source="disk")
+
+
 class Interrupted(Exception):
     pass
 
@@ -427,7 +502,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     model_dir = tmp_path / "run"
     args = [sys.executable, "-m", "experiments.train", f"--model_dir={model_dir}", "--preset=tiny", "--quiet",
-            "--train_steps=400", "--checkpoint_every=100000", "--log_every=1",
+            "--train_steps=200", "--checkpoint_every=100000", "--log_every=1",
             "--num_cells=1", "--num_stages=1"]  # (one cell: a shorter trace)
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(args, cwd=str(repo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -444,13 +519,13 @@ def test_sigterm_leaves_a_resumable_checkpoint(tmp_path):
     assert proc.returncode == 42, err[-3000:]
     assert "preempted (SIGTERM) at step" in err
     step = training.checkpoint_step(str(model_dir / "proxy"))
-    assert 0 < step < 400  # no periodic checkpoint: this one is the preemption's
+    assert 0 < step < 200  # no periodic checkpoint: this one is the preemption's
     assert f"at step {step}" in err
     assert os.path.basename(tf.train.latest_checkpoint(str(model_dir / "proxy"))) == f"ckpt-{step}"
 
     done = subprocess.run(args, cwd=str(repo), env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert training.checkpoint_step(str(model_dir / "proxy")) == 400
+    assert training.checkpoint_step(str(model_dir / "proxy")) == 200
 
 
 def test_sigterm_where_tf_preemption_handling_stands_aside(tmp_path, monkeypatch):

@@ -1,18 +1,17 @@
 """Every method's training, scoring and retraining steps compile with XLA (static shapes
-throughout).  A method joins this test by registering its factory in
-``pipeline.METHODS``: the test runs over the registry."""
+throughout).  A method joins this test by registering (``oneshot_tf.registry``):
+the test runs over the registry, on each method's ``tiny`` preset."""
 
 import pytest
 
 from oneshot_tf import config as config_lib
-from oneshot_tf import pipeline
+from oneshot_tf import pipeline, registry
 from oneshot_tf.scoring import CandidateScorer
 
 
-@pytest.mark.parametrize("method", sorted(pipeline.METHODS))
+@pytest.mark.parametrize("method", registry.names())
 def test_training_and_scoring_steps_compile_with_xla(method, tmp_path, monkeypatch):
-    overrides = dict(method=method, train_steps=2, batch_size=16, ghost_batch_size=8, num_candidates=4,
-                     candidates_per_pass=2, kl_examples=16, num_cells=1, num_stages=1, num_winners=1,
+    overrides = dict(method=method, train_steps=2, num_candidates=4, candidates_per_pass=2, num_winners=1,
                      retrain_steps=2, retrain_batch_size=16)
     xla = pipeline.SearchRun(config_lib.resolve("tiny", {**overrides, "jit_compile": True}),
                              str(tmp_path / "run"), verbose=False)
@@ -43,6 +42,7 @@ def test_training_and_scoring_steps_compile_with_xla(method, tmp_path, monkeypat
     scorer = plain.make_scorer()
     for r in records:
         arch = plain.space.from_json(r["architecture"])
-        (again,) = scorer.score_encodings([plain.space.encode(arch)])
+        (again,) = scorer.score_encodings([plain.proxy.encode(arch)])
         assert again["score"] == pytest.approx(r["score"], abs=1.0 / 64 + 1e-6)
-        assert again["kl"] == pytest.approx(r["kl"], rel=1e-2, abs=1e-4)
+        if "kl" in r:
+            assert again["kl"] == pytest.approx(r["kl"], rel=1e-2, abs=1e-4)

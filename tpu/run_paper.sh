@@ -134,12 +134,12 @@ for name, batch in (("batch_size", paper.batch_size), ("retrain_batch_size", pap
         print(f"--{name}={batch}: {batch // replicas} per replica")
 per_replica = paper.batch_size // replicas if paper.batch_size % replicas == 0 else None
 if per_replica is not None:
-    if per_replica % paper.ghost_batch_size:
+    if per_replica % paper.settings.ghost_batch_size:
         problems.append(f"{per_replica} examples per replica is not a multiple of "
-                        f"--ghost_batch_size={paper.ghost_batch_size}")
+                        f"--ghost_batch_size={paper.settings.ghost_batch_size}")
     else:
-        print(f"one-shot training: {per_replica // paper.ghost_batch_size} ghost batches of "
-              f"{paper.ghost_batch_size} per replica")
+        print(f"one-shot training: {per_replica // paper.settings.ghost_batch_size} ghost batches of "
+              f"{paper.settings.ghost_batch_size} per replica")
 for p in problems:
     print("problem:", p)
 sys.exit(1 if problems else 0)

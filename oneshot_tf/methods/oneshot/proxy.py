@@ -53,6 +53,12 @@ def sample_path_masks(space: CellSearchSpace, num_ghost: int, progress, drop_rat
     return input_mask, op_mask
 
 
+#: Where the training step's path-dropout masks are drawn: ``graph`` (inside
+#: the compiled step, stateless RNG) or ``host`` (the same draw on the host,
+#: fed to the step as tensors through ``TrainTask.step_inputs``: the
+#: mechanism a method that samples a new architecture per step uses).
+MASK_SOURCES = ("graph", "host")
+
 #: The KL score's references: ``dropout`` (the paper's nearly-all-on
 #: architectures, path dropout at r = 1e-8) or ``all_on`` (every path on).
 KL_REFERENCES = ("dropout", "all_on")
@@ -65,7 +71,7 @@ class OneShotProxy(Proxy):
                  mean: Sequence[float] = None, std: Sequence[float] = None, ghost_batch_size: int = 32,
                  drop_rate: float = 0.1, weight_decay: float = 1e-4, skip_inactive: bool = True,
                  static_shapes: bool = False, bn_epsilon: float = 1e-3, kl_reference: str = "dropout",
-                 reference_drop_rate: float = 1e-8):
+                 reference_drop_rate: float = 1e-8, mask_source: str = "graph"):
         if not 0.0 < drop_rate < 1.0:
             raise ValueError(f"drop_rate r must be in (0, 1), got {drop_rate}")
         if kl_reference not in KL_REFERENCES:
@@ -74,6 +80,8 @@ class OneShotProxy(Proxy):
             raise ValueError(f"reference_drop_rate must be in (0, 1), got {reference_drop_rate}")
         if ghost_batch_size < 1:
             raise ValueError(f"ghost_batch_size must be positive, got {ghost_batch_size}")
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"unknown mask_source {mask_source!r}; choose from {', '.join(MASK_SOURCES)}")
         self.space = space
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
@@ -86,14 +94,27 @@ class OneShotProxy(Proxy):
         self.bn_epsilon = float(bn_epsilon)
         self.kl_reference = kl_reference
         self.reference_drop_rate = float(reference_drop_rate)
+        self.mask_source = mask_source
         self.model = None
 
+    @property
+    def group_size(self) -> int:
+        """Candidates are scored in ghost batches, as they were trained."""
+        return self.ghost_batch_size
+
+    def validate_batch(self, batch_size: int, num_replicas: int) -> None:
+        if batch_size % (num_replicas * self.ghost_batch_size):
+            raise ValueError(f"--batch_size={batch_size} must be a multiple of replicas ({num_replicas}) x "
+                             f"--ghost_batch_size ({self.ghost_batch_size}): every replica trains on whole "
+                             f"ghost batches")
+
     def get_config(self) -> Dict[str, Any]:
-        return {"method": "oneshot", "ghost_batch_size": self.ghost_batch_size,
-                "drop_rate": self.drop_rate, "weight_decay": self.weight_decay,
-                "skip_inactive": self.skip_inactive, "static_shapes": self.static_shapes,
-                "bn_epsilon": self.bn_epsilon, "kl_reference": self.kl_reference,
-                "reference_drop_rate": self.reference_drop_rate}
+        """What the proxy computes (a model directory keeps it); how it
+        computes it (``skip_inactive``, ``static_shapes``, ``mask_source``:
+        the same results) is left out."""
+        return {"ghost_batch_size": self.ghost_batch_size, "drop_rate": self.drop_rate,
+                "weight_decay": self.weight_decay, "bn_epsilon": self.bn_epsilon,
+                "kl_reference": self.kl_reference, "reference_drop_rate": self.reference_drop_rate}
 
     def build(self) -> None:
         if self.model is None:
@@ -109,10 +130,28 @@ class OneShotProxy(Proxy):
                              f"size {self.ghost_batch_size}")
         return batch_size // self.ghost_batch_size
 
-    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0):
+    def step_inputs(self, step: int, *, seed, progress: float, global_batch_size: int):
+        """With ``mask_source="host"``: the step's path-dropout masks for every
+        ghost batch of the global batch, drawn on the host by the same
+        function and stateless seed as in the graph (so both sources train
+        identically); each replica takes its rows in ``loss``."""
+        if self.mask_source != "host":
+            return None
+        del step
+        input_mask, op_mask = sample_path_masks(self.space, global_batch_size // self.ghost_batch_size,
+                                                progress, self.drop_rate, seed)
+        return {"input_mask": input_mask.numpy(), "op_mask": op_mask.numpy()}
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0,
+             step_inputs=None):
         g = self.num_ghost(int(images.shape[0]))
-        input_mask, op_mask = sample_path_masks(self.space, g, progress, self.drop_rate, seed,
-                                                replica_id=replica_id, num_replicas=num_replicas)
+        if step_inputs is not None:  # host-drawn masks of the global batch: this replica's rows
+            first = tf.cast(replica_id, tf.int32) * g
+            input_mask, op_mask = (tf.slice(step_inputs[k], [first, 0, 0], [g] + list(step_inputs[k].shape[1:]))
+                                   for k in ("input_mask", "op_mask"))
+        else:
+            input_mask, op_mask = sample_path_masks(self.space, g, progress, self.drop_rate, seed,
+                                                    replica_id=replica_id, num_replicas=num_replicas)
         logits = tf.cast(self.model({"images": images, "input_mask": input_mask, "op_mask": op_mask},
                                     training=True), tf.float32)
         labels = tf.cast(labels, tf.int32)

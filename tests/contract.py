@@ -1,0 +1,202 @@
+"""The contract every registered method keeps, as functions of a method name.
+
+``tests/test_contract.py`` runs them over every registered method (a method
+joins by registering, with no test edits); ``tests/test_plugin.py`` runs them
+on a method that lives in that test file.  Each works on the method's
+``tiny`` preset and the embedded digits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from oneshot_tf import config as config_lib
+from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf.proxy import Proxy
+from oneshot_tf.scoring import CandidateScorer, ScoreConfig
+from oneshot_tf.search_space import ArchitectureError, StandaloneOptions, canonical_json
+
+#: Generic overrides that keep every method's pipeline short.
+SHORT = dict(train_steps=2, num_candidates=4, candidates_per_pass=2, num_winners=1, retrain_steps=2,
+             retrain_batch_size=16, checkpoint_every=1, log_every=1)
+
+
+def built(method: str, **overrides):
+    """``(cfg, dataset, space, proxy)`` of the method's tiny preset."""
+    cfg = config_lib.resolve("tiny", {**overrides, "jit_compile": False}, method=method)
+    dataset = pipeline.load_data(cfg)
+    space, proxy = registry.get(method).build(cfg, dataset)
+    return cfg, dataset, space, proxy
+
+
+def samples(space, n=6, seed=0):
+    return space.sample_unique(min(n, space.size()), seed=seed)
+
+
+def check_registration(method: str):
+    m = registry.get(method)
+    assert m.name == method and m.description
+    assert {"quick", "tiny", "paper"} <= set(m.presets)
+    for preset in m.presets:
+        cfg = config_lib.resolve(preset, {}, method=method)
+        assert type(cfg.settings) is m.settings and cfg.method == method
+        config_lib.validate(cfg)
+        assert config_lib.RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for f in config_lib.fields(m.settings):
+        assert f.metadata["help"].strip(), f"--{f.name} has no help"
+
+
+def check_json_round_trip(method: str):
+    _, _, space, _ = built(method)
+    archs = samples(space)
+    for arch in archs:
+        obj = space.to_json(arch)
+        assert json.loads(json.dumps(obj)) == obj
+        assert space.from_json(obj) == arch
+        assert space.from_json(json.dumps(obj)) == arch
+        assert space.arch_id(space.from_json(obj)) == space.arch_id(arch)
+        assert space.validate(arch) is arch
+    assert len({space.arch_id(a) for a in archs}) == len(archs)
+    # the space rebuilds from its config
+    again = type(space).from_config(json.loads(json.dumps(space.get_config())))
+    assert again.get_config() == space.get_config() and again.size() == space.size()
+    assert [again.to_json(a) for a in samples(again)] == [space.to_json(a) for a in archs]
+
+
+def check_hyperparameter_round_trip(method: str):
+    _, _, space, _ = built(method)
+    hp = keras_tuner.HyperParameters()
+    space.declare_hyperparameters(hp)
+    declared = {p.name: p for p in hp.space}
+    assert declared
+    for arch in samples(space):
+        values = space.to_hyperparameters(arch)
+        assert set(values) == set(declared)
+        for name, value in values.items():
+            if hasattr(declared[name], "values"):
+                assert value in declared[name].values, (name, value)
+        assert space.from_hyperparameters(values) == arch
+
+
+def check_validation_errors(method: str):
+    _, _, space, _ = built(method)
+    for bad in ("{not json", "[]", 42, {}, {"unexpected": 1}, None):
+        with pytest.raises(ArchitectureError) as info:
+            space.from_json(bad)
+        assert str(info.value).strip()
+    with pytest.raises(ArchitectureError):
+        space.validate(object())
+
+
+def check_fixed_shape_encodings(method: str):
+    _, _, space, proxy = built(method)
+    encs = [proxy.encode(a) for a in samples(space)]
+    layout = {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in encs[0].items()}
+    assert layout
+    for e in encs[1:]:
+        assert {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in e.items()} == layout
+    assert len({canonical_json({k: np.asarray(v).tolist() for k, v in e.items()}) for e in encs}) == len(encs)
+
+
+def check_counts_match_keras(method: str):
+    _, dataset, space, _ = built(method)
+    for arch in samples(space, n=3):
+        model = space.build_model(arch, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                                  options=StandaloneOptions())
+        assert space.count_params(arch, input_shape=dataset.image_shape,
+                                  num_classes=dataset.num_classes) == model.count_params()
+        flops = space.count_flops(arch, input_shape=dataset.image_shape, num_classes=dataset.num_classes)
+        assert isinstance(flops, int) and flops > 0
+        logits = model(tf.zeros((2,) + dataset.image_shape, tf.uint8), training=False)
+        assert logits.shape == (2, dataset.num_classes) and logits.dtype == tf.float32
+        wide = space.widened(1)
+        assert wide.count_params(arch, input_shape=dataset.image_shape,
+                                 num_classes=dataset.num_classes) == model.count_params()
+
+
+def check_graphs_topological(method: str):
+    _, _, space, _ = built(method)
+    for arch in samples(space, n=3):
+        try:
+            graph = space.graph(arch)
+        except NotImplementedError:
+            return
+        ids = [n["id"] for n in graph["nodes"]]
+        assert len(set(ids)) == len(ids)
+        order = {n: i for i, n in enumerate(ids)}
+        for src, dst in graph["edges"]:
+            assert order[src] < order[dst], (src, dst)
+
+
+def check_candidates_logits_equal_tiled_default(method: str):
+    _, dataset, space, proxy = built(method)
+    proxy.build()
+    g = proxy.group_size
+    images = tf.constant(dataset.x_val[:2 * g])
+    archs = samples(space, n=3)
+    enc = {k: tf.constant(np.stack([np.asarray(proxy.encode(a)[k]) for a in archs])) for k in proxy.encode(archs[0])}
+    fast = proxy.candidates_logits(images, enc, g)
+    tiled = Proxy.candidates_logits(proxy, images, enc, g)
+    assert fast.shape == (3, 2 * g, dataset.num_classes)
+    np.testing.assert_allclose(np.asarray(fast, np.float32), np.asarray(tiled, np.float32), rtol=1e-4, atol=1e-4)
+
+
+def check_one_trace_across_candidates(method: str):
+    _, dataset, space, proxy = built(method)
+    proxy.build()
+    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=2, group_size=proxy.group_size,
+                                                kl_examples=proxy.group_size, verbose=False))
+    scorer.prepare(dataset.x_val, dataset.y_val, dataset.x_train)
+    archs = samples(space, n=5)
+    scores = []
+    for s in range(0, len(archs), 2):
+        scores += scorer.score_encodings([proxy.encode(a) for a in archs[s:s + 2]])
+    assert scorer.trace_count == 1
+    assert len(scores) == len(archs)
+    for sc in scores:
+        assert 0.0 <= sc["score"] <= 1.0 and np.isfinite(sc["score"])
+        assert ("kl" in sc) == (proxy.reference_encodings(1, 0) is not None)
+
+
+def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
+    """train, score, retrain and export on the tiny preset; a rerun does no new work."""
+    cfg = config_lib.resolve("tiny", {**SHORT, **overrides}, method=method)
+    run = pipeline.SearchRun(cfg, model_dir, verbose=False)
+    results = run.run()
+    stored = io_utils.read_json(os.path.join(model_dir, "config.json"))
+    assert stored["method"] == method and stored["flags"]["method"] == method
+    assert stored["search_space"] == run.space.get_config() and stored["proxy"] == run.proxy.get_config()
+    with open(os.path.join(model_dir, "candidates.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == cfg.num_candidates == len({r["id"] for r in records})
+    for r in records:
+        arch = run.space.from_json(r["architecture"])
+        assert r["id"] == run.space.arch_id(arch) and r["method"] == method
+        assert r["params"] == run.space.count_params(arch, input_shape=run.dataset.image_shape,
+                                                     num_classes=run.dataset.num_classes)
+    assert len(results) == cfg.num_winners
+    for w in results:
+        out = os.path.join(model_dir, "winners", str(w["rank"]))
+        loaded = tf.saved_model.load(os.path.join(out, "saved_model"))
+        probs = loaded.serve(tf.constant(run.dataset.x_test[:8])).numpy()
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+        assert 0.0 <= w["test_accuracy"] <= 1.0
+    before = {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in ("candidates.jsonl", "results.json")}
+    again = pipeline.SearchRun(cfg, model_dir, verbose=False).run()
+    assert again == results
+    assert {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in before}["candidates.jsonl"] \
+        == before["candidates.jsonl"]
+    keras.backend.clear_session()
+    return run, records
+
+
+CHECKS = (check_registration, check_json_round_trip, check_hyperparameter_round_trip, check_validation_errors,
+          check_fixed_shape_encodings, check_counts_match_keras, check_graphs_topological,
+          check_candidates_logits_equal_tiled_default, check_one_trace_across_candidates)

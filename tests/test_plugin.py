@@ -1,0 +1,343 @@
+"""A method defined in this file alone, registered, and run through the whole
+pipeline: the proof that a method is a plug-in (no generic module names it).
+
+The toy method: a chain of ``length`` layers, each one of three ops, in a
+weight-sharing supernet trained the way SMASH and GHN train, on a fresh
+random architecture every step (drawn on the host, fed to the one compiled
+step as tensors through ``TrainTask.step_inputs``), with Adam and a step
+schedule chosen by the method's defaults.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from oneshot_tf import config as config_lib
+from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf.config import setting
+from oneshot_tf.layers import Standardize
+from oneshot_tf.proxy import Proxy
+from oneshot_tf.search_space import ArchitectureError, SearchSpace, StandaloneOptions
+from tests import contract
+
+OPS = ("conv3x3", "conv1x1", "identity")
+NAME = "toychain"
+
+
+class ChainSpace(SearchSpace):
+    """Architectures: a tuple of ``length`` op names; uniform sampling."""
+
+    name = "chain"
+
+    def __init__(self, length=3, width=4):
+        self.length, self.width_ = int(length), int(width)
+
+    def get_config(self):
+        return {"name": self.name, "length": self.length, "width": self.width_}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["length"], config["width"])
+
+    def size(self):
+        return len(OPS) ** self.length
+
+    def sample(self, rng):
+        return tuple(OPS[int(rng.integers(len(OPS)))] for _ in range(self.length))
+
+    def validate(self, arch):
+        if not isinstance(arch, tuple) or len(arch) != self.length:
+            raise ArchitectureError(f"expected a tuple of {self.length} op names, got {arch!r}")
+        for i, op in enumerate(arch):
+            if op not in OPS:
+                raise ArchitectureError(f"layer {i}: unknown op {op!r}")
+        return arch
+
+    def to_json(self, arch):
+        return {"ops": list(arch)}
+
+    def from_json(self, obj):
+        if isinstance(obj, (str, bytes)):
+            try:
+                obj = json.loads(obj)
+            except json.JSONDecodeError as e:
+                raise ArchitectureError(f"malformed architecture JSON: {e}") from None
+        if not isinstance(obj, dict) or set(obj) != {"ops"} or not isinstance(obj["ops"], list):
+            raise ArchitectureError(f'expected {{"ops": [...]}}, got {obj!r}')
+        return self.validate(tuple(obj["ops"]))
+
+    def encode(self, arch):
+        out = np.zeros((self.length, len(OPS)), np.float32)
+        out[np.arange(self.length), [OPS.index(o) for o in arch]] = 1.0
+        return {"ops": out}
+
+    def declare_hyperparameters(self, hp):
+        for i in range(self.length):
+            hp.Choice(f"op{i}", list(OPS))
+
+    def to_hyperparameters(self, arch):
+        return {f"op{i}": op for i, op in enumerate(self.validate(arch))}
+
+    def from_hyperparameters(self, values):
+        return self.validate(tuple(values[f"op{i}"] for i in range(self.length)))
+
+    def build_model(self, arch, *, input_shape, num_classes, options=None):
+        options = options or StandaloneOptions()
+        c = input_shape[-1]
+        images = keras.Input(tuple(input_shape), dtype="uint8")
+        x = Standardize(options.mean or [0.0] * c, options.std or [255.0] * c)(images)
+        x = keras.layers.Conv2D(self.width_, 3, padding="same", activation="relu")(x)
+        for op in self.validate(arch):
+            if op != "identity":
+                x = keras.layers.Conv2D(self.width_, 3 if op == "conv3x3" else 1, padding="same",
+                                        activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(images, keras.layers.Dense(num_classes)(x))
+
+    def _costs(self, arch, input_shape, num_classes):
+        h, w, c = input_shape
+        params = flops = 0
+        for k, cin in [(3, c)] + [(3 if op == "conv3x3" else 1, self.width_) for op in arch if op != "identity"]:
+            params += k * k * cin * self.width_ + self.width_
+            flops += h * w * k * k * cin * self.width_
+        return params + self.width_ * num_classes + num_classes, flops + self.width_ * num_classes
+
+    def count_params(self, arch, *, input_shape, num_classes):
+        return self._costs(self.validate(arch), input_shape, num_classes)[0]
+
+    def count_flops(self, arch, *, input_shape, num_classes):
+        return self._costs(self.validate(arch), input_shape, num_classes)[1]
+
+    def widened(self, multiplier):
+        return ChainSpace(self.length, int(round(self.width_ * multiplier)))
+
+    def width(self):
+        return self.width_
+
+    def graph(self, arch):
+        ids = ["in"] + [f"l{i}" for i in range(self.length)] + ["out"]
+        labels = ["input"] + list(self.validate(arch)) + ["logits"]
+        return {"nodes": [{"id": i, "label": l, "kind": "op"} for i, l in zip(ids, labels)],
+                "edges": [[a, b] for a, b in zip(ids, ids[1:])]}
+
+
+class Supernet(keras.Model):
+    """Every op of every layer; an architecture's one-hot ``ops`` mask (one
+    per example) selects which op's output each layer passes on."""
+
+    def __init__(self, space, num_classes, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.standardize = Standardize(mean, std)
+        self.stem = keras.layers.Conv2D(space.width_, 3, padding="same", activation="relu")
+        self.convs = [[keras.layers.Conv2D(space.width_, k, padding="same", activation="relu") for k in (3, 1)]
+                      for _ in range(space.length)]
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(num_classes)
+
+    def call(self, images, ops):
+        x = self.stem(self.standardize(images))
+        for i, (c3, c1) in enumerate(self.convs):
+            m = ops[:, i, :, None, None, None]
+            x = m[:, 0] * c3(x) + m[:, 1] * c1(x) + m[:, 2] * x
+        return self.head(self.pool(x))
+
+
+class ChainProxy(Proxy):
+    group_size = 8
+
+    def __init__(self, space, *, input_shape, num_classes, mean, std, weight_decay):
+        self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
+        self.mean, self.std, self.weight_decay = mean, std, weight_decay
+        self.model = None
+        self.drawn = {}       # step -> the architecture drawn for it (host side)
+        self.loss_traces = 0
+
+    def get_config(self):
+        return {"weight_decay": self.weight_decay}
+
+    def build(self):
+        if self.model is None:
+            self.model = Supernet(self.space, self.num_classes, self.mean, self.std)
+            self.model(tf.zeros((1,) + self.input_shape, tf.uint8),
+                       tf.ones((1, self.space.length, len(OPS))))
+
+    def step_inputs(self, step, *, seed, progress, global_batch_size):
+        arch = self.space.sample(np.random.default_rng([int(seed[0]), int(seed[1])]))
+        self.drawn[step] = arch
+        return self.encode(arch)
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0,
+             step_inputs=None):
+        self.loss_traces += 1  # Python side effect: once per trace
+        n = int(images.shape[0])
+        ops = tf.tile(step_inputs["ops"][None], [n, 1, 1])
+        logits = self.model(images, ops)
+        labels = tf.cast(labels, tf.int32)
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        l2 = self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(w)) for w in self.model.trainable_weights])
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                                        tf.float32))
+        return ce / global_batch_size + l2 / num_replicas, {"accuracy": correct / global_batch_size}
+
+    def candidate_logits(self, images, encodings):
+        n, k = int(images.shape[0]), int(encodings["ops"].shape[0])
+        return self.model(images, tf.repeat(encodings["ops"], n // k, axis=0))
+
+
+@dataclasses.dataclass
+class ChainSettings:
+    length: int = setting(3, "Layers in the chain.", low=1)
+    chain_width: int = setting(4, "Channels of every layer.", low=1)
+    chain_weight_decay: float = setting(1e-4, "L2 coefficient of the supernet.", low=0.0)
+
+
+def build(cfg, dataset):
+    s = cfg.settings
+    space = ChainSpace(s.length, s.chain_width)
+    mean, std = dataset.channel_stats()
+    return space, ChainProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                             mean=mean, std=std, weight_decay=s.chain_weight_decay)
+
+
+TINY = dict(dataset="digits", image_size=8, validation_size=64, train_steps=8, batch_size=16, num_candidates=6,
+            candidates_per_pass=2, num_winners=1, retrain_steps=4, retrain_batch_size=16, checkpoint_every=4,
+            log_every=2)
+METHOD = registry.Method(name=NAME, description="a toy chain supernet (tests/test_plugin.py)",
+                         settings=ChainSettings, build=build,
+                         presets={"tiny": TINY, "quick": {**TINY, "train_steps": 100},
+                                  "paper": {**TINY, "dataset": "cifar10"}},
+                         defaults=dict(optimizer="adam", learning_rate=0.01, lr_schedule="step",
+                                       lr_decay_at="0.5,0.75", lr_decay_factor=0.5))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_method():
+    registry.register(METHOD)
+    yield METHOD
+    registry.unregister(NAME)
+
+
+def test_registered_next_to_the_builtin_methods():
+    assert NAME in registry.names() and "oneshot" in registry.names()
+    assert registry.get("").name != NAME  # not the default
+    cfg = config_lib.resolve("tiny", {"length": 2}, method=NAME)
+    assert (cfg.optimizer, cfg.lr_schedule, cfg.settings.length) == ("adam", "step", 2)
+    with pytest.raises(ValueError, match=r"unknown settings \['num_cells'\] for method 'toychain'"):
+        config_lib.resolve("tiny", {"num_cells": 3}, method=NAME)
+    with pytest.raises(ValueError, match=r"^--length=0 is out of range: it must be >= 1$"):
+        config_lib.validate(config_lib.resolve("tiny", {"length": 0}, method=NAME))
+
+
+def test_registering_a_bad_method_is_refused():
+    with pytest.raises(ValueError, match=r"settings \['seed'\] shadow generic settings"):
+        @dataclasses.dataclass
+        class Shadowing:
+            seed: int = setting(0, "a clash")
+        registry.register(dataclasses.replace(METHOD, name="bad", settings=Shadowing))
+    with pytest.raises(ValueError, match=r"presets \['paper'\] missing"):
+        registry.register(dataclasses.replace(METHOD, name="bad", presets={"tiny": TINY, "quick": TINY}))
+    with pytest.raises(ValueError, match=r"a method named 'oneshot' is already registered"):
+        registry.register(dataclasses.replace(METHOD, name="oneshot"))
+    assert "bad" not in registry.names()
+
+
+@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__[len("check_"):])
+def test_contract(check):
+    check(NAME)
+
+
+def test_whole_pipeline_with_a_fresh_architecture_per_step(tmp_path):
+    """Train (Adam, step decay, a host-drawn architecture per step, one
+    trace), score with random search, retrain, export; a rerun does nothing."""
+    run, records = contract.check_pipeline_artifacts(NAME, str(tmp_path / "run"), train_steps=8)
+    proxy = run.proxy
+    assert proxy.loss_traces == 1
+    assert sorted(proxy.drawn) == list(range(8))
+    assert len(set(proxy.drawn.values())) > 1  # new architectures, step after step
+    seeds = [np.random.default_rng([0, s]) for s in range(8)]
+    assert [proxy.drawn[s] for s in range(8)] == [run.space.sample(r) for r in seeds]
+    assert "kl" not in records[0]  # the toy proxy has no reference architectures
+    # the method's optimizer and schedule: Adam at 0.01, halved at 50% and 75% of 8 steps
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(str(tmp_path / "run"), "proxy")))
+    slots = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_variables/")]
+    assert len(slots) == 2 * len(proxy.model.trainable_weights)  # Adam: m and v per weight (SGD: one)
+    lrs = {}
+    for path in tf.io.gfile.glob(os.path.join(str(tmp_path / "run"), "proxy", "train", "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == "learning_rate":
+                    lrs[event.step] = float(tf.make_ndarray(v.tensor))
+    # logged after every step s: the rate of the next update (after s updates)
+    assert lrs == pytest.approx({1: 0.01, 2: 0.01, 3: 0.01, 4: 0.005, 5: 0.005, 6: 0.0025, 7: 0.0025,
+                                 8: 0.0025})
+
+
+def test_evolution_search_and_resumed_training(tmp_path, monkeypatch):
+    """An evolution search through the toy method; training killed after its
+    first checkpoint resumes and draws exactly what an uninterrupted run draws."""
+    contract.check_pipeline_artifacts(NAME, str(tmp_path / "evo"), search="evolution", num_candidates=8,
+                                      train_steps=4)
+    cfg = config_lib.resolve("tiny", {"checkpoint_every": 4}, method=NAME)
+    whole = pipeline.SearchRun(cfg, str(tmp_path / "whole"), verbose=False)
+    whole.train_proxy()
+
+    class Killed(Exception):
+        pass
+
+    cut = pipeline.SearchRun(cfg, str(tmp_path / "cut"), verbose=False)
+    original = ChainProxy.step_inputs
+
+    def dies_at_step_5(self, step, **kw):
+        if step == 5:
+            raise Killed()
+        return original(self, step, **kw)
+
+    monkeypatch.setattr(ChainProxy, "step_inputs", dies_at_step_5)
+    with pytest.raises(Killed):
+        cut.train_proxy()
+    monkeypatch.setattr(ChainProxy, "step_inputs", original)
+    resumed = pipeline.SearchRun(cfg, str(tmp_path / "cut"), verbose=False)
+    resumed.train_proxy()
+    assert sorted(resumed.proxy.drawn) == [4, 5, 6, 7]  # resumed from the checkpoint of step 4
+    assert {s: resumed.proxy.drawn[s] for s in range(4, 8)} == {s: whole.proxy.drawn[s] for s in range(4, 8)}
+    for a, b in zip(whole.proxy.model.weights, resumed.proxy.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert io_utils.read_json(os.path.join(str(tmp_path / "cut"), "config.json"))["method"] == NAME
+
+
+def test_methods_of_other_packages_register_through_entry_points(tmp_path, monkeypatch):
+    """A package names its method module in the ``oneshot_tf.methods``
+    entry-point group; the registry imports it on first lookup.  A module
+    that fails to import is named in the error."""
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "ep_method.py").write_text(
+        "import dataclasses\n"
+        "from oneshot_tf import registry\n"
+        "from tests.test_plugin import METHOD\n"
+        "registry.register(dataclasses.replace(METHOD, name='from_entry_point'))\n")
+    (tmp_path / "ep_broken.py").write_text("raise RuntimeError('no such hypernet')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = registry.ENTRY_POINT_GROUP
+    points = [importlib.metadata.EntryPoint("from_entry_point", "ep_method", group)]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [p for p in points if p.group == group])
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        assert "from_entry_point" in registry.names()
+        assert registry.get("from_entry_point").settings is ChainSettings
+        points.append(importlib.metadata.EntryPoint("broken", "ep_broken", group))
+        monkeypatch.setattr(registry, "_loaded", False)
+        with pytest.raises(ImportError, match=r"method plug-in 'broken' \(ep_broken\) failed to import: "
+                                              r"no such hypernet"):
+            registry.names()
+    finally:
+        registry.unregister("from_entry_point")
+        sys.modules.pop("ep_method", None)
+        sys.modules.pop("ep_broken", None)
