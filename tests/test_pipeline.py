@@ -372,6 +372,19 @@ def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
     assert io_utils.read_json(str(d / "config.json"))["flags"]["num_winners"] == 1
 
 
+def test_directory_keeps_what_the_method_made_of_its_settings(e2e, tmp_path):
+    """The space's and the proxy's definitions are part of the identity, so a
+    setting of a method that no flag list names is kept too."""
+    d = _dir_with_config(e2e, tmp_path)
+    stored = io_utils.read_json(str(d / "config.json"))
+    stored["identity"]["proxy"]["reference_drop_rate"] = 1e-4
+    io_utils.write_json(str(d / "config.json"), stored)
+    with pytest.raises(ValueError, match=r"holds a run with another proxy \(.*'reference_drop_rate': 0.0001.* in "
+                                         r"the directory, .*'reference_drop_rate': 1e-08.* now\); use a new "
+                                         r"--model_dir"):
+        SearchRun(config_lib.resolve("tiny", {}), str(d), verbose=False)
+
+
 @pytest.mark.parametrize("flag,value", [("augment", False), ("score_examples", 32), ("kl_examples", 0),
                                         ("search", "evolution"), ("ranking", "small"), ("retrain_steps", 7),
                                         ("bn_momentum", 0.5), ("retrain_width", 2.0),
@@ -515,7 +528,7 @@ def test_rank_unknown_mode_raises():
     ({"candidates_per_pass": 0}, r"^--candidates_per_pass=0 is out of range: it must be >= 1$"),
     ({"retrain_batch_size": 0}, r"^--retrain_batch_size=0 is out of range: it must be >= 1$"),
     ({"checkpoint_every": 0}, r"^--checkpoint_every=0 is out of range: it must be >= 1$"),
-    ({"num_stages": 3}, r"^--num_stages=3 exceeds --num_cells=2: every stage needs a cell$"),
+    ({"num_stages": 3}, r"^--num_stages=3 exceeds --num_cells=1: every stage needs a cell$"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, override, message):
     model_dir = str(tmp_path / "run")
@@ -633,7 +646,7 @@ def test_every_artifact_goes_through_gfile(tmp_path, monkeypatch):
     local disk."""
     monkeypatch.chdir(tmp_path)
     root = "ram://bucket/run"
-    cfg = config_lib.resolve("tiny", {"num_cells": 1, "num_stages": 1, "num_winners": 1})
+    cfg = config_lib.resolve("tiny", {"num_winners": 1})
     results = SearchRun(cfg, root, verbose=False).run()
     assert os.listdir(tmp_path) == []
     for name in ("config.json", "candidates.jsonl", "candidates.png", "results.json", "tuner/oracle.json",

@@ -65,8 +65,8 @@ PRESETS = {
                   num_candidates=64, candidates_per_pass=8, num_winners=2, retrain_steps=500,
                   retrain_batch_size=64, retrain_learning_rate=0.05, bn_momentum=0.9,
                   checkpoint_every=50, log_every=20),
-    # For tests: seconds, not minutes.
-    "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=2, num_stages=2,
+    # For tests: seconds, not minutes (one cell: the trace of a step is most of a test's time).
+    "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=1, num_stages=1,
                  filters=4, num_blocks=2, train_steps=6, batch_size=32, num_candidates=6,
                  candidates_per_pass=4, kl_examples=32, num_winners=2, retrain_steps=6,
                  retrain_batch_size=32, checkpoint_every=3, log_every=2),
