@@ -14,6 +14,15 @@
 
 Ratios are what to read: both sides run in the same process on the same
 machine, interleaved, best of several repeats.
+
+``--intra_op_threads`` (default 1) is TensorFlow's intra-op thread pool for
+the whole process, both sides alike.  On a 2-core CPU host the default pool
+(one thread per core) splits every small kernel of the scorer over two
+threads, and the hand-off costs more than the kernel: a ghost batch norm on
+32 examples took ~190-300 us with two intra-op threads and ~32 us with one,
+and the scorer ran about twice as fast with one (candidates then run two at
+a time on the inter-op threads, ``OneShotModel.candidates_logits``).  0 keeps
+TensorFlow's default.
 """
 
 from __future__ import annotations
@@ -46,11 +55,21 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
                    help="(d): the one-shot training step and the scorer with and without XLA")
+    p.add_argument("--intra_op_threads", type=int, default=1,
+                   help="TensorFlow's intra-op threads for the process (0: TensorFlow's default, one per core)")
+    p.add_argument("--inter_op_threads", type=int, default=0,
+                   help="TensorFlow's inter-op threads for the process (0: TensorFlow's default)")
     p.add_argument("--json", default="", help="also write the results to this file")
     args = p.parse_args(argv)
 
     import keras
     import tensorflow as tf
+
+    # before TensorFlow's runtime starts (the first op)
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
     from oneshot_tf.methods.oneshot.models import transfer_oneshot_weights
@@ -96,6 +115,8 @@ def main(argv=None):
         return n / (time.perf_counter() - t)
 
     results = {"machine": platform.processor() or platform.machine(), "tensorflow": tf.__version__,
+               "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+               "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                "config": vars(args)}
 
     # (a) training throughput ------------------------------------------------

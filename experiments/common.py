@@ -15,7 +15,7 @@ from absl import flags, logging
 
 from oneshot_tf import config as config_lib
 from oneshot_tf import registry
-from oneshot_tf.distribute import get_distribution_strategy
+from oneshot_tf.distribute import get_distribution_strategy, set_intra_op_threads
 
 FLAGS = flags.FLAGS
 
@@ -93,6 +93,7 @@ def config_from_flags() -> config_lib.RunConfig:
 def make_run():
     from oneshot_tf import pipeline
     cfg = config_from_flags()
+    set_intra_op_threads(cfg.intra_op_threads)  # before TensorFlow's runtime starts
     strategy = get_distribution_strategy(cfg.strategy, tpu_address=FLAGS.tpu)
     return pipeline.SearchRun(cfg, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet)
 

@@ -133,6 +133,10 @@ class RunConfig:
     precision: str = setting("float32", "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with dynamic "
                                         "loss scaling); BN statistics, normalizations, softmax and losses stay "
                                         "float32.", choices=PRECISIONS)
+    intra_op_threads: int = setting(0, "TensorFlow's intra-op thread pool (0: its default, a thread per core). "
+                                       "Set before TensorFlow starts (the binaries do). On a 2-core CPU one "
+                                       "thread was faster for training and scoring (benchmarks/benchmark.py).",
+                                    low=0, identity=False)
     checkpoint_every: int = setting(200, "Steps between checkpoints.", low=1, identity=False)
     log_every: int = setting(20, "Steps between TensorBoard/progress updates (and host reads of the step "
                                  "results).", low=1, identity=False)

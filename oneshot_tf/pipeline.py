@@ -72,6 +72,7 @@ class SearchRun:
         tuner_lib.check_search(cfg.search)
         if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
             raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
+        distribute.set_intra_op_threads(cfg.intra_op_threads)  # (a no-op once TensorFlow runs)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if cfg.candidates_per_pass % replicas:

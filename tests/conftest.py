@@ -1,11 +1,13 @@
 """Two logical CPU devices for the whole test session, so MirroredStrategy
 can run two replicas on this CPU-only machine (this must happen before
-TensorFlow initializes its devices; the default strategy keeps using CPU:0)."""
+TensorFlow initializes its devices; the default strategy keeps using CPU:0).
+One intra-op thread per test process: the suite runs a process per core."""
 
 import functools
 
 import tensorflow as tf
 
+tf.config.threading.set_intra_op_parallelism_threads(1)
 _cpus = tf.config.list_physical_devices("CPU")
 if _cpus and not tf.config.get_logical_device_configuration(_cpus[0]):
     tf.config.set_logical_device_configuration(

@@ -42,6 +42,20 @@ def test_default_and_one_device_and_mirrored():
     assert distribute.default_jit_compile(one) is False
 
 
+def test_intra_op_threads_apply_only_before_tensorflow_runs(caplog):
+    """conftest.py set one thread before TensorFlow started; once it runs,
+    another value is not applied, and a warning says so."""
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+    assert distribute.set_intra_op_threads(0) is True       # TensorFlow's default: nothing to do
+    assert distribute.set_intra_op_threads(1) is True       # already so
+    tf.constant(1.0) + 1.0                                  # the runtime runs
+    assert distribute.set_intra_op_threads(2) is False
+    assert "--intra_op_threads=2 not applied" in caplog.text
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+    with pytest.raises(ValueError, match=r"--intra_op_threads=-1 must be >= 0"):
+        distribute.set_intra_op_threads(-1)
+
+
 def test_unknown_strategy_names_the_choices():
     with pytest.raises(ValueError, match="unknown strategy 'horovod'; choose from " + ", ".join(STRATEGIES)):
         get_distribution_strategy("horovod")

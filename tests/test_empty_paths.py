@@ -15,7 +15,8 @@ import tensorflow as tf
 from oneshot_tf.methods.oneshot import proxy as oneshot_lib  # (the sampler the proxy calls)
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.proxy import OneShotProxy
-from oneshot_tf.methods.oneshot.oneshot_model import OneShotModel
+from oneshot_tf.methods.oneshot import oneshot_model
+from tests.test_oneshot_model import layers_by_name
 from oneshot_tf.training import TrainConfig, make_optimizer
 from tests.conftest import two_cpus
 
@@ -76,18 +77,15 @@ def _path_slices(model, block, op=None, inp=None):
     out = []
     if op is not None:
         pattern = re.compile(rf"s\d+c\d+b{block}_{op}_")
-        for name, layer in model.layers_by_name.items():
+        for name, layer in layers_by_name(model).items():
             if pattern.match(name):
                 out += [(w, slice(None)) for w in layer.trainable_weights]
     else:
-        cell = 0
-        for node, names in zip(model.plan, model._structure):
-            if node.kind != "cell":
-                continue
-            bn, _, conv = (model.layers_by_name[n] for n in names[block][0])
-            ch = model.input_channel_index(node.stage, cell, block, [inp])
-            out += [(bn.gamma, ch), (bn.beta, ch), (conv.kernel, (slice(None), slice(None), ch))]
-            cell += 1
+        for cell in model.cells:
+            b = cell.blocks[block]
+            ch = b.input_channel_index([inp])
+            out += [(b.input_bn.gamma, ch), (b.input_bn.beta, ch),
+                    (b.input_conv.kernel, (slice(None), slice(None), ch))]
     assert out
     return out
 
@@ -111,14 +109,15 @@ class _Rig:
             self.optimizer.build(self.proxy.trainable_variables)
         self._state = [v.numpy() for v in self.proxy.trainable_variables + list(self.optimizer.variables)]
         variables = self.proxy.trainable_variables
-        real_run = OneShotModel._run
+        real_run = oneshot_model.run_layers
         masks = self.masks
 
-        def checked_run(model, names, x, num_ghost, ghost_size=None):
+        def checked_run(layers, x, num_ghost, ghost_size=None):
+            names = [l.name for l in layers]
             check = tf.debugging.assert_positive(tf.shape(x)[0], message=f"empty batch into {names}")
             with tf.control_dependencies([check]):
                 x = tf.identity(x)
-            return real_run(model, names, x, num_ghost, ghost_size)
+            return real_run(layers, x, num_ghost, ghost_size)
 
         def replica_step(images, labels):
             ctx = tf.distribute.get_replica_context()
@@ -141,7 +140,7 @@ class _Rig:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(oneshot_lib, "sample_path_masks", masks)
             if check_batches:
-                mp.setattr(OneShotModel, "_run", checked_run)
+                mp.setattr(oneshot_model, "run_layers", checked_run)
             step(*next(self._it))  # (reset() undoes this step)
         self._step = step
 

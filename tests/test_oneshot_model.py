@@ -33,10 +33,18 @@ def _images(n, seed):
     return np.random.default_rng(seed).integers(0, 256, (n,) + SHAPE).astype(np.uint8)
 
 
+def layers_by_name(model):
+    """Every Keras layer inside ``model``, by name (names are unique)."""
+    layers = [l for l in model._flatten_layers(include_self=False, recursive=True)]
+    named = {l.name: l for l in layers}
+    assert len(named) == len(layers)
+    return named
+
+
 def _randomize(model, seed):
     """Non-trivial gamma/beta and dense bias (init values 1/0 would hide slicing bugs)."""
     rng = np.random.default_rng(seed)
-    for layer in model.layers_by_name.values():
+    for layer in layers_by_name(model).values():
         if isinstance(layer, GhostBatchNorm):
             layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype(np.float32))
             layer.beta.assign(rng.normal(0, 0.3, layer.beta.shape).astype(np.float32))
@@ -281,7 +289,7 @@ def _hand_masked_l2(model, input_mask, op_mask):
     frac_op = op_mask.mean(0)
     total = 0.0
     seen = set()
-    for name, layer in model.layers_by_name.items():
+    for name, layer in layers_by_name(model).items():
         sq = lambda w: float(np.sum(np.square(np.asarray(w, np.float64))))  # noqa: E731
         if name == "stem_conv" or (name.startswith("s") and "_reduce" in name and name.endswith("_conv")):
             total += sq(layer.kernel)
@@ -309,7 +317,7 @@ def _hand_masked_l2(model, input_mask, op_mask):
                 total += w * sq(layer.kernel)
             seen.add(name)
     # every conv/dense layer was accounted for
-    convs = {n for n, l in model.layers_by_name.items()
+    convs = {n for n, l in layers_by_name(model).items()
              if isinstance(l, (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense))}
     assert seen == convs
     return total
@@ -318,7 +326,7 @@ def _hand_masked_l2(model, input_mask, op_mask):
 def test_masked_l2_matches_hand_computation(oneshot):
     for cell in range(2):
         for i in range(SPACE.num_blocks):
-            assert list(oneshot._cand_channels[(cell, i)]) == _hand_cand_sizes(cell)[: 2 + i]
+            assert list(oneshot.cells[cell].blocks[i].candidates) == _hand_cand_sizes(cell)[: 2 + i]
     rng = np.random.default_rng(4)
     im0, om0 = _masks(ARCHS["a"])
     im1 = rng.integers(0, 2, im0.shape[1:]).astype(np.float32)
@@ -341,7 +349,7 @@ def test_masked_l2_matches_hand_computation(oneshot):
     assert float(oneshot.masked_l2(ones_in, ones_op)) == pytest.approx(all_kernels, rel=1e-5)
     # all paths off: the always-used kernels only
     zero = float(oneshot.masked_l2(np.zeros_like(ones_in), np.zeros_like(ones_op)))
-    always = sum(float(np.sum(np.square(np.asarray(oneshot.layers_by_name[n].kernel, np.float64))))
+    always = sum(float(np.sum(np.square(np.asarray(layers_by_name(oneshot)[n].kernel, np.float64))))
                  for n in ("stem_conv", "s1_reduce0_conv", "s1_reduce1_conv", "logits"))
     assert zero == pytest.approx(always, rel=1e-5)
     # a ghost batch mean: half of the op kernels for a path kept in one of the two ghosts
@@ -448,7 +456,7 @@ def scorer():
     proxy = OneShotProxy(SCORE_SPACE, input_shape=SCORE_SHAPE, num_classes=3, ghost_batch_size=8)
     proxy.build()
     rng = np.random.default_rng(0)
-    for layer in proxy.model.layers_by_name.values():
+    for layer in layers_by_name(proxy.model).values():
         if isinstance(layer, GhostBatchNorm):
             layer.beta.assign(rng.normal(0, 0.5, layer.beta.shape).astype(np.float32))
     x_val = rng.integers(0, 256, (24,) + SCORE_SHAPE).astype(np.uint8)
@@ -559,8 +567,9 @@ def test_groups_per_pass_do_not_change_scores(scorer):
 def _op_kernel_grads(model, input_mask, op_mask, block, op):
     """Per cell: the gradient norm of ``op``'s kernels in ``block``."""
     images = tf.constant(_images(2 * input_mask.shape[0], 9))
-    cells = sorted({n.split("b")[0] for n in model.layers_by_name if n.startswith("s") and "b" in n.split("_")[0]})
-    kernels = {c: [w for n, l in model.layers_by_name.items() if n.startswith(f"{c}b{block}_{op}_")
+    named = layers_by_name(model)
+    cells = sorted({n.split("b")[0] for n in named if n.startswith("s") and "b" in n.split("_")[0]})
+    kernels = {c: [w for n, l in named.items() if n.startswith(f"{c}b{block}_{op}_")
                    for w in l.trainable_weights if "kernel" in w.path] for c in cells}
     with tf.GradientTape() as tape:
         out = model({"images": images, "input_mask": tf.constant(input_mask, tf.float32),
@@ -579,7 +588,7 @@ def test_one_path_decision_applies_to_every_cell(oneshot):
     """Dropping an op (one mask entry) removes it from every cell, keeping it
     keeps it in every cell; and with per-ghost masks, one ghost batch keeping
     the op is enough for its weights to train in every cell."""
-    nb, mi, no = SPACE.num_blocks, SPACE.max_inputs, len(SPACE.ops)
+    nb, no = SPACE.num_blocks, len(SPACE.ops)
     valid = SPACE.valid_input_mask()[None]
     o = SPACE.ops.index("sep3x3")
     op_off = np.ones((1, nb, no), np.float32)

@@ -176,8 +176,8 @@ def test_oneshot_mixed_dtypes(mixed):
     precision, model = mixed
     assert current_precision() == "float32"  # the scope was left
     assert model.dtype_policy.name == precision
-    assert model.layers_by_name["stem_conv"].compute_dtype == LOW[precision].name
-    assert model.layers_by_name["logits"].compute_dtype == "float32"
+    assert model.stem.conv.compute_dtype == LOW[precision].name
+    assert model.head.dense.compute_dtype == "float32"
     assert model.weights and all(v.dtype == "float32" for v in model.weights)
     x = _images(2 * GHOST, 3)
     im, om = _masks(ARCH, ARCH2)
@@ -185,9 +185,9 @@ def test_oneshot_mixed_dtypes(mixed):
     assert logits.dtype == tf.float32 and logits.shape == (2 * GHOST, CLASSES)
     assert np.all(np.isfinite(logits.numpy()))
     # activations really are low precision, ghost BN outputs finite
-    stem = model.layers_by_name["stem_conv"](model.standardize(tf.constant(x)))
+    stem = model.stem.conv(model.standardize(tf.constant(x)))
     assert stem.dtype == LOW[precision]
-    bn = model.layers_by_name["head_bn"]
+    bn = model.head.bn
     h = tf.cast(tf.random.stateless_normal((2 * GHOST, 2, 2, bn.gamma.shape[0]), [1, 2]) * 50.0,
                 LOW[precision])
     y = bn(h, num_ghost=2)

@@ -64,7 +64,8 @@ PRESETS = {
                   filters=8, train_steps=600, batch_size=64, learning_rate=0.1,
                   num_candidates=64, candidates_per_pass=8, num_winners=2, retrain_steps=500,
                   retrain_batch_size=64, retrain_learning_rate=0.05, bn_momentum=0.9,
-                  checkpoint_every=50, log_every=20),
+                  checkpoint_every=50, log_every=20,
+                  intra_op_threads=1),  # faster on 2 cores (README, Benchmarks)
     # For tests: seconds, not minutes (one cell: the trace of a step is most of a test's time).
     "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=1, num_stages=1,
                  filters=4, num_blocks=2, train_steps=6, batch_size=32, num_candidates=6,

@@ -97,6 +97,121 @@ class CellNode:
     channels: int          # output channels
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockNode:
+    """One choice block of a cell, as ``walk_plan`` visits it."""
+
+    index: int                  # i: the block's place in its cell
+    name: str                   # s{stage}c{cell}b{i}, the prefix of its layers' names
+    filters: int                # F_s
+    candidates: Tuple[int, ...]  # channels of each candidate input 0 .. 1 + i
+    inputs: Tuple[int, ...]      # the inputs it reads (every candidate without an architecture)
+    ops: Tuple[str, ...]         # its ops (every op of the space without an architecture)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """What the models and the counts need to know of an op (data, not names
+    parsed back): one [BN, ReLU, conv] unit per entry of ``kernels``
+    (``separable``: depthwise separable convolutions), or one 3x3 stride-1
+    pooling layer, or nothing (identity)."""
+
+    name: str
+    kernels: Tuple[Tuple[int, int], ...] = ()  # one (kh, kw) per [BN, ReLU, conv] unit
+    separable: bool = False
+    pool: Optional[str] = None                 # "max" | "avg": a 3x3 stride-1 pooling
+
+    @property
+    def starts_with_bn(self) -> bool:
+        """Its layers start with BN-ReLU (it reads its input normalized)."""
+        return bool(self.kernels)
+
+    @property
+    def weightless(self) -> bool:
+        return not self.kernels
+
+
+#: The descriptors of the seven ops (``OPS`` order).
+OP_SPECS: Dict[str, OpSpec] = {
+    "identity": OpSpec("identity"),
+    "sep3x3": OpSpec("sep3x3", ((3, 3), (3, 3)), separable=True),
+    "sep5x5": OpSpec("sep5x5", ((5, 5), (5, 5)), separable=True),
+    "sep7x7": OpSpec("sep7x7", ((7, 7), (7, 7)), separable=True),
+    "conv1x7_7x1": OpSpec("conv1x7_7x1", ((1, 7), (7, 1))),
+    "maxpool3x3": OpSpec("maxpool3x3", pool="max"),
+    "avgpool3x3": OpSpec("avgpool3x3", pool="avg"),
+}
+
+
+def op_spec(op: str) -> OpSpec:
+    try:
+        return OP_SPECS[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r}") from None
+
+
+class PlanVisitor:
+    """What ``walk_plan`` calls at each piece of the network; every method
+    returns the piece's value (a tensor, a layer, a cost: the visitor's
+    choice), which the walk hands to the pieces that read it.
+    ``in_channels`` is the channels of the state a node reads."""
+
+    def stem(self, node: CellNode, x, in_channels: int):
+        raise NotImplementedError
+
+    def reduce(self, node: CellNode, x, in_channels: int):
+        raise NotImplementedError
+
+    def block(self, node: CellNode, block: BlockNode, inputs: List[Any]):
+        """``inputs``: the values of ``block.inputs``, in order."""
+        raise NotImplementedError
+
+    def cell(self, node: CellNode, cell: int, outputs: List[Any]):
+        """``outputs``: the values of the cell's blocks; ``cell`` counts every cell."""
+        raise NotImplementedError
+
+    def head(self, node: CellNode, x, in_channels: int):
+        raise NotImplementedError
+
+
+def walk_plan(space: "CellSearchSpace", input_shape, visitor: PlanVisitor, arch: "CellArchitecture" = None,
+              x=None):
+    """The one walk over ``space.plan(input_shape)``, shared by the one-shot
+    model (which builds its layers with it), the stand-alone model and the
+    parameter / multiply-add counts.
+
+    Without ``arch`` every node is visited and every block has all its
+    candidate inputs and ops; with ``arch`` only the nodes its stand-alone
+    model needs (``used_nodes``), each block with ``arch``'s inputs and ops.
+    ``x`` is what the stem reads.  Returns the head's value.
+    """
+    nodes = space.plan(input_shape)
+    used = space.used_nodes(arch, input_shape) if arch is not None else [True] * len(nodes)
+    blocks = (arch or space.all_on()).blocks
+    values: Dict[int, Any] = {}
+    in_channels = int(input_shape[-1])
+    cell = 0
+    for idx, node in enumerate(nodes):
+        chans = [nodes[d].channels for d in node.deps] or [in_channels]
+        if node.kind == "cell":
+            if used[idx]:
+                fs = space.stage_filters(node.stage)
+                cands = [values.get(d) for d in node.deps]
+                cand_ch = tuple(chans) + (fs,) * space.num_blocks
+                for i, b in enumerate(blocks):
+                    k = space.num_candidate_inputs(i)
+                    bn = BlockNode(i, f"s{node.stage}c{cell}b{i}", fs, cand_ch[:k], tuple(b.inputs), tuple(b.ops))
+                    cands.append(visitor.block(node, bn, [cands[j] for j in b.inputs]))
+                values[idx] = visitor.cell(node, cell, cands[2:])
+            cell += 1
+            continue
+        if not used[idx]:
+            continue
+        src = values[node.deps[0]] if node.deps else x
+        values[idx] = getattr(visitor, node.kind)(node, src, chans[0])
+    return values[len(nodes) - 1]
+
+
 class CellSearchSpace(SearchSpace):
     """Bender et al.'s space; see the module docstring for the network."""
 
@@ -390,55 +505,22 @@ class CellSearchSpace(SearchSpace):
         """Which plan nodes the stand-alone model of ``arch`` needs (a cell that
         no later block reads drops out of the stand-alone model)."""
         nodes = self.plan(input_shape)
-        reads = {j for b in arch.blocks for j in b.inputs if j < 2}
+        reads = sorted({j for b in arch.blocks for j in b.inputs if j < 2})
         used = [False] * len(nodes)
         used[-1] = True
         for idx in range(len(nodes) - 1, -1, -1):
-            if not used[idx]:
-                continue
-            node = nodes[idx]
-            deps = node.deps if node.kind != "cell" else tuple(node.deps[j] for j in sorted(reads))
-            for d in deps:
-                used[d] = True
+            if used[idx]:
+                # a cell reads the states its blocks choose; any other node, all it depends on
+                deps = tuple(nodes[idx].deps[j] for j in reads) if nodes[idx].kind == "cell" else nodes[idx].deps
+                for d in deps:
+                    used[d] = True
         return used
 
     def _costs(self, arch: CellArchitecture, input_shape, num_classes: int) -> Tuple[int, int]:
         """(parameters, multiply-adds) of the stand-alone model, analytically."""
-        nodes = self.plan(input_shape)
-        used = self.used_nodes(arch, input_shape)
-        c_in = int(input_shape[-1])
-        params = flops = 0
-
-        def bn(c):
-            return 4 * c  # gamma, beta, moving mean, moving variance
-
-        for idx, node in enumerate(nodes):
-            if not used[idx]:
-                continue
-            hw = node.height * node.width
-            if node.kind == "stem":
-                params += 9 * c_in * node.channels
-                flops += hw * 9 * c_in * node.channels
-            elif node.kind == "reduce":  # BN-ReLU-avgpool 2x2/2-1x1 conv
-                c = nodes[node.deps[0]].channels
-                params += bn(c) + c * node.channels
-                flops += hw * c * node.channels
-            elif node.kind == "cell":
-                fs = self.stage_filters(node.stage)
-                cand = [nodes[d].channels for d in node.deps] + [fs] * self.num_blocks
-                for b in arch.blocks:
-                    c = sum(cand[j] for j in b.inputs)
-                    params += bn(c) + c * fs
-                    flops += hw * c * fs
-                    for op in b.ops:
-                        p, f = _op_cost(op, fs)
-                        params += p
-                        flops += hw * f
-            else:  # head
-                c = nodes[node.deps[0]].channels
-                params += bn(c) + c * num_classes + num_classes
-                flops += c * num_classes
-        return params, flops
+        counter = _CostCounter(self, num_classes)
+        walk_plan(self, input_shape, counter, arch)
+        return counter.params, counter.flops
 
     def count_params(self, arch, *, input_shape, num_classes: int) -> int:
         return self._costs(arch, input_shape, num_classes)[0]
@@ -470,12 +552,50 @@ class CellSearchSpace(SearchSpace):
         return self.filters
 
 
+def _bn_params(c: int) -> int:
+    return 4 * c  # gamma, beta, moving mean, moving variance
+
+
+class _CostCounter(PlanVisitor):
+    """Parameters and multiply-adds of the stand-alone model, node by node."""
+
+    def __init__(self, space: CellSearchSpace, num_classes: int):
+        self.space, self.num_classes = space, int(num_classes)
+        self.params = self.flops = 0
+
+    def _add(self, params: int, flops: int):
+        self.params += params
+        self.flops += flops
+
+    def stem(self, node, x, in_channels):
+        self._add(9 * in_channels * node.channels, node.height * node.width * 9 * in_channels * node.channels)
+
+    def reduce(self, node, x, in_channels):  # BN-ReLU-avgpool 2x2/2-1x1 conv
+        c = in_channels
+        self._add(_bn_params(c) + c * node.channels, node.height * node.width * c * node.channels)
+
+    def block(self, node, block, inputs):
+        hw, fs = node.height * node.width, block.filters
+        c = sum(block.candidates[j] for j in block.inputs)
+        self._add(_bn_params(c) + c * fs, hw * c * fs)
+        for op in block.ops:
+            p, f = _op_cost(op, fs)
+            self._add(p, hw * f)
+
+    def cell(self, node, cell, outputs):
+        pass
+
+    def head(self, node, x, in_channels):
+        c = in_channels
+        self._add(_bn_params(c) + c * self.num_classes + self.num_classes, c * self.num_classes)
+
+
 def _op_cost(op: str, f: int) -> Tuple[int, int]:
     """(params, multiply-adds per pixel) of one op on f channels."""
-    if op.startswith("sep"):
-        k = int(op[3])
-        one = k * k * f + f * f
-        return 2 * (4 * f + one), 2 * one
-    if op == "conv1x7_7x1":
-        return 2 * (4 * f + 7 * f * f), 14 * f * f
-    return 0, 0
+    spec = op_spec(op)
+    params = madds = 0
+    for kh, kw in spec.kernels:  # each [BN, ReLU, conv] unit
+        conv = kh * kw * f + f * f if spec.separable else kh * kw * f * f
+        params += _bn_params(f) + conv
+        madds += conv
+    return params, madds

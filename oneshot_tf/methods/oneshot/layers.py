@@ -8,6 +8,8 @@ from typing import Callable, List
 import keras
 import tensorflow as tf
 
+from oneshot_tf.methods.oneshot.cell_space import op_spec
+
 
 @keras.saving.register_keras_serializable(package="oneshot_tf")
 class GhostBatchNorm(keras.layers.Layer):
@@ -82,42 +84,91 @@ def ghost_batch_norm(x, gamma, beta, num_ghost, epsilon: float, ghost_size=None)
     return tf.cast(y, dtype)
 
 
+def normalize(x, num_ghost, epsilon: float, ghost_size=None):
+    """``x`` normalized per ghost batch and channel, without gamma/beta (a
+    state normalized once for all its readers, see ``oneshot_model``)."""
+    ones = tf.ones(x.shape[-1:], tf.float32)
+    return ghost_batch_norm(x, ones, tf.zeros_like(ones), num_ghost, epsilon, ghost_size=ghost_size)
+
+
+def affine_relu(x_hat, bn: GhostBatchNorm, lo=None, hi=None):
+    """ReLU of a ghost BN's ``gamma * x_hat + beta`` (channels ``lo:hi``),
+    ``x_hat`` already normalized: one fused inference-mode kernel, in the
+    BN's compute dtype."""
+    gamma, beta = bn.gamma[lo:hi], bn.beta[lo:hi]
+    # inference mode with mean 0 and variance 1 - eps: the scale is
+    # rsqrt(1 - eps + eps) = 1 to float precision
+    eps = 1.001e-5  # the smallest epsilon the fused kernel takes
+    mean = tf.zeros_like(gamma)
+    y = tf.compat.v1.nn.fused_batch_norm(tf.cast(x_hat, tf.float32), gamma, beta, mean=mean,
+                                         variance=mean + (1.0 - eps), epsilon=eps, is_training=False)[0]
+    return tf.cast(tf.nn.relu(y), bn.compute_dtype)
+
+
 def conv_init():
     return keras.initializers.HeNormal()
 
 
 def op_layers(op: str, filters: int, make_bn: Callable[[str], keras.layers.Layer],
               prefix: str) -> List[keras.layers.Layer]:
-    """The layers of one op of the cell space, in BN-ReLU-Conv order.
+    """The layers of one op of the cell space (``cell_space.OP_SPECS``), in
+    BN-ReLU-Conv order.
 
     ``make_bn(name)`` makes the normalization layer (ghost BN in the one-shot
     model, ordinary BN in stand-alone models).  Every layer gets a name
-    ``f"{prefix}_{...}"`` identical in both models, so weights transfer by name.
+    ``f"{prefix}_{...}"`` identical in both models (weights transfer by name).
     """
-    if op == "identity":
-        return []
-    if op.startswith("sep"):
-        k = int(op[3])
-        out = []
-        for n in (1, 2):
-            out += [make_bn(f"{prefix}_bn{n}"), keras.layers.ReLU(name=f"{prefix}_relu{n}"),
-                    keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=False,
-                                                 depthwise_initializer=conv_init(),
-                                                 pointwise_initializer=conv_init(),
-                                                 name=f"{prefix}_sep{n}")]
-        return out
-    if op == "conv1x7_7x1":
-        out = []
-        for n, k in ((1, (1, 7)), (2, (7, 1))):
-            out += [make_bn(f"{prefix}_bn{n}"), keras.layers.ReLU(name=f"{prefix}_relu{n}"),
-                    keras.layers.Conv2D(filters, k, padding="same", use_bias=False,
-                                        kernel_initializer=conv_init(), name=f"{prefix}_conv{n}")]
-        return out
-    if op == "maxpool3x3":
+    spec = op_spec(op)
+    if spec.pool == "max":
         return [keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{prefix}_pool")]
-    if op == "avgpool3x3":
+    if spec.pool == "avg":
         return [keras.layers.AveragePooling2D(3, strides=1, padding="same", name=f"{prefix}_pool")]
-    raise ValueError(f"unknown op {op!r}")
+    out = []
+    for n, k in enumerate(spec.kernels, 1):
+        out += [make_bn(f"{prefix}_bn{n}"), keras.layers.ReLU(name=f"{prefix}_relu{n}")]
+        if spec.separable:
+            out.append(keras.layers.SeparableConv2D(filters, k, padding="same", use_bias=False,
+                                                    depthwise_initializer=conv_init(),
+                                                    pointwise_initializer=conv_init(), name=f"{prefix}_sep{n}"))
+        else:
+            out.append(keras.layers.Conv2D(filters, k, padding="same", use_bias=False,
+                                           kernel_initializer=conv_init(), name=f"{prefix}_conv{n}"))
+    return out
+
+
+def reduction_layers(prefix: str, filters: int, make_bn):
+    """The fixed reduction between stages: BN-ReLU, 2x2 average pooling with
+    stride 2 (``same`` padding: an odd size rounds up, an edge window
+    averages its valid pixels only), then a 1x1 convolution to ``filters``.
+
+    Pooling then 1x1 equals 1x1 at every pixel then pooling, so it costs the
+    parameters and multiply-adds of a 1x1 stride-2 convolution without
+    skipping three pixels in four.
+    """
+    return [make_bn(f"{prefix}_bn"), keras.layers.ReLU(name=f"{prefix}_relu"),
+            keras.layers.AveragePooling2D(2, strides=2, padding="same", name=f"{prefix}_pool"),
+            keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=conv_init(),
+                                name=f"{prefix}_conv")]
+
+
+def block_input_layers(prefix: str, filters: int, make_bn):
+    """A choice block's input node: BN-ReLU-1x1 convolution to ``filters``."""
+    return [make_bn(f"{prefix}_in_bn"), keras.layers.ReLU(name=f"{prefix}_in_relu"),
+            keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=conv_init(),
+                                name=f"{prefix}_in_conv")]
+
+
+def head_layers(num_classes: int, make_bn):
+    """BN-ReLU, global average pooling and the logits layer.
+
+    The pooling and the dense layer always compute in float32 (a float32
+    island under a mixed precision policy, as Keras advises for the last
+    layer), so the logits, and the softmax/losses computed from them, are
+    float32.
+    """
+    return [make_bn("head_bn"), keras.layers.ReLU(name="head_relu"),
+            keras.layers.GlobalAveragePooling2D(name="head_pool", dtype="float32"),
+            keras.layers.Dense(num_classes, name="logits", dtype="float32")]
 
 
 def layer_prefix(stage: int, cell: int, block: int) -> str:

@@ -4,21 +4,52 @@ lets a user warm-start a stand-alone model)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import keras
 import numpy as np
 
-from oneshot_tf.methods.oneshot.cell_space import CellArchitecture, CellSearchSpace
 from oneshot_tf.layers import Standardize
+from oneshot_tf.methods.oneshot.cell_space import CellArchitecture, CellSearchSpace, PlanVisitor, walk_plan
+from oneshot_tf.methods.oneshot.layers import (GhostBatchNorm, block_input_layers, conv_init, head_layers,
+                                               op_layers, reduction_layers)
 from oneshot_tf.search_space import StandaloneOptions
-from oneshot_tf.methods.oneshot.layers import conv_init, layer_prefix, op_layers
+
+__all__ = ["build_standalone_model", "transfer_oneshot_weights", "reduction_layers", "block_input_layers",
+           "head_layers"]
 
 
 def _apply(layers, x):
     for layer in layers:
         x = layer(x)
     return x
+
+
+class _StandaloneGraph(PlanVisitor):
+    """``walk_plan`` visitor: the functional graph of one architecture."""
+
+    def __init__(self, num_classes: int, make_bn):
+        self.num_classes, self.make_bn = num_classes, make_bn
+
+    def stem(self, node, x, in_channels):
+        return keras.layers.Conv2D(node.channels, 3, padding="same", use_bias=False,
+                                   kernel_initializer=conv_init(), name="stem_conv")(x)
+
+    def reduce(self, node, x, in_channels):
+        return _apply(reduction_layers(node.name, node.channels, self.make_bn), x)
+
+    def block(self, node, block, inputs):
+        p = block.name
+        h = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(name=f"{p}_concat")(inputs)
+        h = _apply(block_input_layers(p, block.filters, self.make_bn), h)
+        outs = [_apply(op_layers(op, block.filters, self.make_bn, f"{p}_{op}"), h) for op in block.ops]
+        return outs[0] if len(outs) == 1 else keras.layers.Add(name=f"{p}_sum")(outs)
+
+    def cell(self, node, cell, outputs):
+        return keras.layers.Concatenate(name=f"s{node.stage}c{cell}_out")(outputs)
+
+    def head(self, node, x, in_channels):
+        return _apply(head_layers(self.num_classes, self.make_bn), x)
 
 
 def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, input_shape,
@@ -49,100 +80,36 @@ def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, in
 
     images = keras.Input(input_shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(images)
-    nodes = space.plan(input_shape)
-    values = {}
-    cell = 0
-    for idx, node in enumerate(nodes):
-        if node.kind == "stem":
-            values[idx] = keras.layers.Conv2D(node.channels, 3, padding="same", use_bias=False,
-                                              kernel_initializer=conv_init(), name="stem_conv")(x)
-        elif node.kind == "reduce":
-            values[idx] = _apply(reduction_layers(node.name, node.channels, make_bn), values[node.deps[0]])
-        elif node.kind == "cell":
-            fs = space.stage_filters(node.stage)
-            cands = [values[d] for d in node.deps]
-            for i, b in enumerate(arch.blocks):
-                p = layer_prefix(node.stage, cell, i)
-                chosen = [cands[j] for j in b.inputs]
-                h = chosen[0] if len(chosen) == 1 else keras.layers.Concatenate(name=f"{p}_concat")(chosen)
-                h = _apply(block_input_layers(p, fs, make_bn), h)
-                outs = [_apply(op_layers(op, fs, make_bn, f"{p}_{op}"), h) for op in b.ops]
-                cands.append(outs[0] if len(outs) == 1 else keras.layers.Add(name=f"{p}_sum")(outs))
-            values[idx] = keras.layers.Concatenate(name=f"s{node.stage}c{cell}_out")(cands[2:])
-            cell += 1
-        else:
-            logits = _apply(head_layers(num_classes, make_bn), values[node.deps[0]])
+    logits = walk_plan(space, input_shape, _StandaloneGraph(num_classes, make_bn), arch, x=x)
     return keras.Model(images, logits, name=name)
-
-
-def reduction_layers(prefix: str, filters: int, make_bn):
-    """The fixed reduction between stages: BN-ReLU, 2x2 average pooling with
-    stride 2 (``same`` padding: an odd size rounds up, an edge window
-    averages its valid pixels only), then a 1x1 convolution to ``filters``.
-
-    Pooling then 1x1 equals 1x1 at every pixel then pooling, so it costs the
-    parameters and multiply-adds of a 1x1 stride-2 convolution without
-    skipping three pixels in four.  Starts with [BN, ReLU] as the one-shot
-    model's ``_run_normalized`` requires.
-    """
-    return [make_bn(f"{prefix}_bn"), keras.layers.ReLU(name=f"{prefix}_relu"),
-            keras.layers.AveragePooling2D(2, strides=2, padding="same", name=f"{prefix}_pool"),
-            keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=conv_init(),
-                                name=f"{prefix}_conv")]
-
-
-def block_input_layers(prefix: str, filters: int, make_bn):
-    return [make_bn(f"{prefix}_in_bn"), keras.layers.ReLU(name=f"{prefix}_in_relu"),
-            keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=conv_init(),
-                                name=f"{prefix}_in_conv")]
-
-
-def head_layers(num_classes: int, make_bn):
-    """BN-ReLU, global average pooling and the logits layer.
-
-    The pooling and the dense layer always compute in float32 (a float32
-    island under a mixed precision policy, as Keras advises for the last
-    layer), so the logits, and the softmax/losses computed from them, are
-    float32.
-    """
-    return [make_bn("head_bn"), keras.layers.ReLU(name="head_relu"),
-            keras.layers.GlobalAveragePooling2D(name="head_pool", dtype="float32"),
-            keras.layers.Dense(num_classes, name="logits", dtype="float32")]
 
 
 def transfer_oneshot_weights(oneshot, standalone: keras.Model, arch: CellArchitecture) -> int:
     """Copy the one-shot model's weights for ``arch`` into ``standalone``.
 
-    Block input BN and 1x1 convolutions are sliced to the channels of the
-    active inputs; BN moving statistics are left as they are (the one-shot
-    model has none).  Returns the number of layers copied.
+    The one-shot model lists the layers ``arch`` uses with, for a block's
+    input BN and 1x1 convolution, the channels of its chosen inputs
+    (``OneShotModel.arch_layers``); each goes to the stand-alone layer of
+    the same name, sliced to those channels.  BN moving statistics are left
+    as they are (the one-shot model has none).  Returns the number of layers
+    copied.
     """
-    src = oneshot.layers_by_name
+    dst = {layer.name: layer for layer in standalone.layers if layer.weights}
     copied = 0
-    for layer in standalone.layers:
-        if not layer.weights or layer.name not in src:
+    for src, channels in oneshot.arch_layers(arch):
+        layer = dst.get(src.name)
+        if layer is None:  # a layer of a cell the stand-alone model does not need
             continue
-        s = src[layer.name]
-        if layer.name.endswith("_in_bn") or layer.name.endswith("_in_conv"):
-            stage, cell, block = _parse_prefix(layer.name)
-            idx = oneshot.input_channel_index(stage, cell, block, arch.blocks[block].inputs)
-            if layer.name.endswith("_in_conv"):
-                layer.kernel.assign(np.asarray(s.kernel)[:, :, idx, :])
-            else:
-                layer.gamma.assign(np.asarray(s.gamma)[idx])
-                layer.beta.assign(np.asarray(s.beta)[idx])
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            layer.gamma.assign(s.gamma)
-            layer.beta.assign(s.beta)
+        if isinstance(src, GhostBatchNorm):
+            gamma, beta = np.asarray(src.gamma), np.asarray(src.beta)
+            if channels is not None:
+                gamma, beta = gamma[channels], beta[channels]
+            layer.gamma.assign(gamma)
+            layer.beta.assign(beta)
+        elif channels is not None:  # the block input's 1x1 convolution
+            layer.kernel.assign(np.asarray(src.kernel)[:, :, channels, :])
         else:
-            for w_dst, w_src in zip(layer.weights, s.weights):
+            for w_dst, w_src in zip(layer.weights, src.weights):
                 w_dst.assign(w_src)
         copied += 1
     return copied
-
-
-def _parse_prefix(name: str):
-    head = name.split("_")[0]  # s{stage}c{cell}b{block}
-    stage, rest = head[1:].split("c")
-    cell, block = rest.split("b")
-    return int(stage), int(cell), int(block)

@@ -14,9 +14,9 @@ ghost batches the batch holds (default 1).  That is how candidates are
 scored (``candidates_logits``: several candidates on the same images, the
 stem run once): the model runs the candidate's own inputs and ops only, each
 under a ``tf.cond`` on its mask entry, with no mask multiplications, gathers
-or scatters (``_shared_block``), and normalizes each state once for all its
-readers (``_rest``), so one candidate costs less than its own
-stand-alone network, and it compiles with XLA (static shapes).
+or scatters, and normalizes each state once for all its readers, so one
+candidate costs less than its own stand-alone network, and it compiles with
+XLA (static shapes).
 
 The batch (axis 0) holds ``G`` consecutive ghost batches of equal size; each
 gets its own masks and its own batch statistics (ghost batch norm).  The same
@@ -35,6 +35,18 @@ cheaper as path dropout grows.  With ``static_shapes=True`` (for XLA/TPU)
 shapes stay static: a kept op runs on the whole batch, masked, and ``tf.cond``
 skips an op or input only when no ghost batch keeps it.  Masks are 0/1.
 
+Structure: small Keras layers, one per node of the network plan (``Stem``,
+``Reduction``, ``OneShotCell`` of ``ChoiceBlock``s of ``OpPath``s, ``Head``),
+made by the plan walk that the stand-alone model and the cost counts share
+(``cell_space.walk_plan``), each creating its variables in ``build`` from
+shapes.  Every node layer reads the states it depends on, already normalized
+per ghost batch (BN-ReLU-Conv order: a state is read only through a BN, so
+its statistics are computed once when it is made and each reader applies only
+its own gamma/beta, with the ReLU, in one fused kernel), and returns its own
+normalized state (the head: float32 logits).  One block computation
+(``ChoiceBlock.call``) serves every mode (``BlockMode``): per-ghost masks,
+shared masks (scoring), static shapes, ``skip_inactive`` off.
+
 Mixed precision: built under a mixed global policy (``oneshot_tf.precision``),
 convolutions compute in bfloat16/float16 with float32 variables.  Float32
 islands: ``Standardize`` (cast back to the compute dtype), every ghost batch
@@ -46,17 +58,38 @@ to the activation dtype where they multiply), and ``path_squared_norms`` /
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import dataclasses
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.layers import Standardize
-from oneshot_tf.methods.oneshot.layers import (GhostBatchNorm, conv_init, ghost_batch_norm, layer_prefix,
-                               op_layers)
-from oneshot_tf.methods.oneshot.models import block_input_layers, head_layers, reduction_layers
+from oneshot_tf.methods.oneshot.cell_space import (BlockNode, CellArchitecture, CellSearchSpace, PlanVisitor,
+                                                   op_spec, walk_plan)
+from oneshot_tf.methods.oneshot.layers import (GhostBatchNorm, affine_relu, block_input_layers, head_layers,
+                                               normalize, op_layers, reduction_layers)
+
+_PACKAGE = "oneshot_tf"
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockMode:
+    """How a block computes its paths.
+
+    ``shared``: one architecture for every ghost batch (masks ``[k]`` and
+    ``[num_ops]``): each kept path runs unmasked under a ``tf.cond`` on its
+    mask entry.  Otherwise per-ghost masks (``[G, k]``, ``[G, num_ops]``):
+    with ``skip_inactive`` a path no ghost batch keeps is skipped under a
+    ``tf.cond``; a kept op with weights runs on the ghost batches keeping it
+    (gathered), or with ``static_shapes`` on the whole batch, masked; without
+    ``skip_inactive`` every path runs on the whole batch, masked.
+    """
+
+    shared: bool = False
+    skip_inactive: bool = True
+    static_shapes: bool = False
 
 
 def mask_ghost(x, mask, num_ghost: int):
@@ -74,6 +107,469 @@ def mask_ghost(x, mask, num_ghost: int):
     return y
 
 
+def run_layers(layers, x, num_ghost, ghost_size=None):
+    """``x`` through ``layers`` in turn, ghost BNs with ``num_ghost`` ghost
+    batches (of ``ghost_size`` examples when ``num_ghost`` is a tensor).
+    Every layer sequence of the model runs through here."""
+    for layer in layers:
+        if isinstance(layer, GhostBatchNorm):
+            x = layer(x, num_ghost=num_ghost, ghost_size=ghost_size)
+        else:
+            x = layer(x)
+    return x
+
+
+def add_path(total, keep, fn, zeros, num_ghost, mode: BlockMode, *, subset=None, cheap=False):
+    """``total + keep * fn()`` for one path (an input part or an op) of a block.
+
+    ``keep`` is the path's mask entry: a scalar (``mode.shared``) or ``[G]``.
+    Shared: ``fn`` runs unmasked under a ``tf.cond`` (the first kept term
+    replaces ``zeros``).  Per ghost batch: ``fn()`` masked, under a
+    ``tf.cond`` on some ghost batch keeping it when ``mode.skip_inactive``
+    (``subset(keep)``, the path on the keeping ghost batches only, instead of
+    the masked whole batch when given and shapes are dynamic); ``cheap``
+    paths (weightless ops) run on the whole batch, masked, without the
+    ``tf.cond`` when shapes are dynamic.
+    """
+    if mode.shared:
+        out = tf.cond(keep > 0, fn if total is None else (lambda: total + fn()),
+                      lambda: zeros if total is None else total)
+        out.set_shape(zeros.shape)
+        return out
+
+    def masked():
+        return mask_ghost(fn(), keep, num_ghost)
+
+    if not mode.skip_inactive or (cheap and not mode.static_shapes):
+        y = masked()
+    else:
+        run = masked if mode.static_shapes or subset is None else (lambda: subset(keep))
+        y = tf.cond(tf.reduce_any(keep > 0), run, lambda: zeros)
+        y.set_shape(zeros.shape)
+    return y if total is None else total + y
+
+
+def _zeros(x, channels: int):
+    """Zeros shaped like ``x`` but with ``channels`` channels."""
+    if x.shape[:-1].is_fully_defined():
+        return tf.zeros(x.shape[:-1].concatenate([channels]), x.dtype)
+    return tf.zeros(tf.concat([tf.shape(x)[:-1], [channels]], 0), x.dtype)
+
+
+def _slices(sizes: Sequence[int]):
+    """``(start, end)`` of each part of a concatenation of ``sizes`` channels."""
+    ends = np.cumsum(sizes)
+    return [(int(e - c), int(e)) for e, c in zip(ends, sizes)]
+
+
+def _squared(weights) -> tf.Tensor:
+    total = tf.constant(0.0)
+    for w in weights:
+        total += tf.reduce_sum(tf.square(tf.cast(w, tf.float32)))
+    return total
+
+
+def _kernels(layers) -> List[tf.Variable]:
+    """The regularized weights of ``layers`` (kernels; not BN parameters or biases)."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            out += [layer.depthwise_kernel, layer.pointwise_kernel]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            out.append(layer.kernel)
+    return out
+
+
+def _checkpoint_dependencies(owner, name: str, layers):
+    """Make ``layers`` (a list attribute of ``owner``) checkpoint dependencies
+    ``{name}{i}`` of ``owner``: TensorFlow checkpoints do not look into the
+    lists Keras tracks."""
+    for i, layer in enumerate(layers):
+        owner._track_trackable(layer, name=f"{name}{i}", overwrite=True)
+
+
+def _shape(s) -> Tuple:
+    return tuple(None if d is None else int(d) for d in s)
+
+
+def _build_sequence(layers, shape):
+    for layer in layers:
+        layer.build(shape)
+        shape = _shape(layer.compute_output_shape(shape))
+    return shape
+
+
+class _Node(keras.layers.Layer):
+    """A node of the plan: ``call(states, input_mask, op_mask, num_ghost=,
+    mode=)`` on the normalized states it reads, returning its normalized
+    state.  Masks are read by cells only."""
+
+    def __init__(self, bn_epsilon: float = 1e-3, **kwargs):
+        kwargs.setdefault("autocast", False)  # its layers autocast themselves
+        super().__init__(**kwargs)
+        self.bn_epsilon = float(bn_epsilon)
+
+    def _bn(self, name):
+        return GhostBatchNorm(epsilon=self.bn_epsilon, name=name)
+
+    def path_norms(self) -> Iterator[Tuple[Optional[tuple], tf.Tensor]]:
+        """``(path, sum of squared kernels)``: path ``None`` for weights every
+        architecture uses, ``("input", i, j)`` / ``("op", i, o)`` otherwise."""
+        yield None, _squared(_kernels(self._sequence()))
+
+    def arch_layers(self, arch: CellArchitecture):
+        """The weighted layers ``arch`` uses, with the input channels they read
+        (``None``: all)."""
+        for layer in self._sequence():
+            if layer.weights:
+                yield layer, None
+
+    def _sequence(self):
+        return []
+
+    def get_config(self):
+        return {**super().get_config(), "bn_epsilon": self.bn_epsilon}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Stem(_Node):
+    """The 3x3 convolution on the standardized images."""
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.conv = keras.layers.Conv2D(self.filters, 3, padding="same", use_bias=False,
+                                        kernel_initializer=keras.initializers.HeNormal(), name="stem_conv")
+
+    def build(self, input_shape):
+        self.conv.build(_shape(input_shape[0]))
+
+    def call(self, states, input_mask=None, op_mask=None, num_ghost=1, mode=None):
+        return normalize(run_layers([self.conv], states[0], num_ghost), num_ghost, self.bn_epsilon)
+
+    def _sequence(self):
+        return [self.conv]
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Reduction(_Node):
+    """The fixed reduction between stages (``layers.reduction_layers``)."""
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.bn, _, self.pool, self.conv = reduction_layers(self.name, self.filters, self._bn)
+
+    def build(self, input_shape):
+        shape = _shape(input_shape[0])
+        self.bn.build(shape)
+        _build_sequence([self.pool, self.conv], shape)
+
+    def call(self, states, input_mask=None, op_mask=None, num_ghost=1, mode=None):
+        y = run_layers([self.pool, self.conv], affine_relu(states[0], self.bn), num_ghost)
+        return normalize(y, num_ghost, self.bn_epsilon)
+
+    def _sequence(self):
+        return [self.bn, self.pool, self.conv]
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Head(_Node):
+    """BN-ReLU, global average pooling and the logits layer (float32 logits)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.bn, _, self.pool, self.dense = head_layers(self.num_classes, self._bn)
+
+    def build(self, input_shape):
+        shape = _shape(input_shape[0])
+        self.bn.build(shape)
+        _build_sequence([self.pool, self.dense], shape)
+
+    def call(self, states, input_mask=None, op_mask=None, num_ghost=1, mode=None):
+        y = run_layers([self.pool, self.dense], affine_relu(states[0], self.bn), num_ghost)
+        return tf.cast(y, tf.float32)
+
+    def _sequence(self):
+        return [self.bn, self.pool, self.dense]
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class OpPath(keras.layers.Layer):
+    """One op of a choice block (``layers.op_layers``; ``spec``, its
+    ``cell_space.OpSpec``, says what kind of op it is)."""
+
+    def __init__(self, op: str, filters: int, bn_epsilon: float = 1e-3, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.op, self.filters, self.bn_epsilon = op, int(filters), float(bn_epsilon)
+        self.spec = op_spec(op)
+        self.steps = op_layers(op, self.filters, lambda n: GhostBatchNorm(epsilon=self.bn_epsilon, name=n),
+                               self.name)
+        _checkpoint_dependencies(self, "step", self.steps)
+
+    def build(self, input_shape):
+        _build_sequence(self.steps, _shape(input_shape))
+
+    def call(self, x, num_ghost=1, ghost_size=None, normalized=False):
+        """The op on ``x``; ``normalized``: ``x`` already normalized per ghost
+        batch, so the first BN applies only its gamma/beta (with the ReLU)."""
+        steps = self.steps
+        if normalized:
+            x, steps = affine_relu(x, steps[0]), steps[2:]
+        return run_layers(steps, x, num_ghost, ghost_size)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "filters": self.filters, "bn_epsilon": self.bn_epsilon}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChoiceBlock(keras.layers.Layer):
+    """A choice block: BN-ReLU-1x1 convolution over its candidate inputs
+    (concatenated), then the sum of its ops.
+
+    ``call(cands, input_mask, op_mask, num_ghost=, mode=)``: ``cands`` the
+    candidate inputs, normalized; the masks ``[G, >= k]`` and
+    ``[G, num_ops]`` (or ``[>= k]`` and ``[num_ops]`` with ``mode.shared``).
+    Returns the block's output (not normalized).
+    """
+
+    def __init__(self, filters: int, candidates: Sequence[int], ops: Sequence[str], bn_epsilon: float = 1e-3,
+                 **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.filters, self.bn_epsilon = int(filters), float(bn_epsilon)
+        self.candidates = tuple(int(c) for c in candidates)
+        self.op_names = tuple(ops)
+        self.input_bn, _, self.input_conv = block_input_layers(
+            self.name, self.filters, lambda n: GhostBatchNorm(epsilon=self.bn_epsilon, name=n))
+        self.ops = [OpPath(op, self.filters, self.bn_epsilon, name=f"{self.name}_{op}") for op in self.op_names]
+        _checkpoint_dependencies(self, "op", self.ops)
+        self._normed = tuple(o for o, op in enumerate(self.ops) if op.spec.starts_with_bn)
+
+    @classmethod
+    def from_node(cls, block: BlockNode, bn_epsilon: float):
+        return cls(block.filters, block.candidates, block.ops, bn_epsilon, name=block.name)
+
+    def build(self, input_shape):
+        """``input_shape``: the candidate inputs' shapes (only the first is read)."""
+        spatial = _shape(input_shape[0])[:-1]
+        self.input_bn.build(spatial + (sum(self.candidates),))
+        self.input_conv.build(spatial + (sum(self.candidates),))
+        for op in self.ops:
+            op.build(spatial + (self.filters,))
+
+    def input_channel_index(self, inputs: Sequence[int]) -> np.ndarray:
+        """Channel indices, in the all-inputs concatenation, of ``inputs``."""
+        starts = np.cumsum((0,) + self.candidates)
+        return np.concatenate([np.arange(starts[j], starts[j] + self.candidates[j]) for j in inputs])
+
+    # -- the block computation ---------------------------------------------
+    def call(self, cands, input_mask, op_mask, num_ghost=1, mode=BlockMode()):
+        cands = list(cands)
+        m_in = input_mask[..., : len(self.candidates)]
+        h = self._input_node(cands, m_in, num_ghost, mode)
+        zeros = _zeros(h, self.filters)
+        h_hat = self._normalized(h, op_mask, num_ghost, mode)
+        out = None
+        for o, op in enumerate(self.ops):
+            normed = o in self._normed
+            x = h_hat if normed else h
+
+            def run(op=op, x=x, normed=normed):
+                return op(x, num_ghost=num_ghost, normalized=normed)
+
+            def on_kept(keep, op=op, x=x, normed=normed):
+                return self._run_kept_ghosts(op, x, keep, num_ghost, normed)
+
+            out = add_path(out, op_mask[..., o], run, zeros, num_ghost, mode,
+                           subset=None if op.spec.weightless else on_kept, cheap=op.spec.weightless)
+        return out
+
+    def _normalized(self, h, op_mask, num_ghost, mode):
+        """``h`` normalized per ghost batch, once for all the ops that start
+        with BN (under a ``tf.cond`` on some of them being kept)."""
+        if not self._normed:
+            return None
+        if not mode.shared and not mode.skip_inactive:
+            return normalize(h, num_ghost, self.bn_epsilon)
+        keep = tf.reduce_max(tf.gather(op_mask, list(self._normed), axis=-1))
+        h_hat = tf.cond(keep > 0, lambda: normalize(h, num_ghost, self.bn_epsilon), lambda: h)
+        h_hat.set_shape(h.shape)
+        return h_hat
+
+    def _input_node(self, cands, mask, num_ghost, mode):
+        """The block's input node.
+
+        Per-ghost masks on dynamic shapes (CPU/GPU), or without
+        ``skip_inactive``: one concatenated BN-ReLU-1x1 convolution over the
+        whole batch with the dropped inputs' channels zeroed per ghost batch,
+        no control flow (an input never runs on a subset of the ghost batches,
+        so never on an empty one; a dropped input's slices of gamma, beta and
+        the kernel get exactly zero gradient).  Otherwise (shared masks;
+        static shapes with ``skip_inactive`` when some input is kept by no
+        ghost batch) input by input (BN is per channel and a 1x1 convolution
+        of a concatenation is the sum of convolutions of its parts), each
+        under a ``tf.cond`` (``add_path``), so an input that is not kept
+        costs nothing.  (Input by input on CPU too made the quick preset's
+        training step compile ~30% longer and run slower, for a 1x1
+        convolution's worth of work.)"""
+        if not mode.shared and (not mode.skip_inactive or not mode.static_shapes):
+            return self._concatenated(cands, mask, num_ghost)
+
+        def parts():
+            zeros = _zeros(cands[0], self.filters)
+            total = None
+            for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(self.candidates))):
+                total = add_path(total, mask[..., j], lambda x=x, lo=lo, hi=hi: self._input_part(x, lo, hi),
+                                 zeros, num_ghost, mode)
+            return total
+
+        if mode.shared:
+            return parts()
+        every = tf.reduce_all(tf.reduce_any(mask > 0, axis=0))
+        out = tf.cond(every, lambda: self._concatenated(cands, mask, num_ghost), parts)
+        out.set_shape(cands[0].shape[:-1].concatenate([self.filters]))
+        return out
+
+    def _concatenated(self, cands, mask, num_ghost):
+        x = tf.concat(cands, axis=-1) if len(cands) > 1 else cands[0]
+        # channel c of the concatenation belongs to input owner[c]; a gather
+        # with constant indices keeps shapes static (XLA, also in the gradient
+        # of a tf.cond branch, where tf.repeat's is not).
+        owner = np.repeat(np.arange(len(self.candidates)), self.candidates).astype(np.int32)
+        ch_mask = tf.gather(mask, owner, axis=1)
+        return run_layers([self.input_conv], mask_ghost(affine_relu(x, self.input_bn), ch_mask, num_ghost),
+                          num_ghost)
+
+    def _input_part(self, x_hat, lo, hi):
+        """One input's share of the input node: BN-ReLU-1x1 conv with channels
+        ``lo:hi`` of the block's gamma, beta and kernel."""
+        y = affine_relu(x_hat, self.input_bn, lo, hi)
+        kernel = tf.cast(self.input_conv.kernel[:, :, lo:hi, :], y.dtype)  # the conv's compute dtype
+        return tf.nn.conv2d(y, kernel, strides=1, padding="VALID")
+
+    @staticmethod
+    def _run_kept_ghosts(op, h, keep, num_ghost, normalized):
+        """``op`` on the ghost batches where ``keep > 0`` (at least one),
+        scattered back into zeros of ``h``'s shape."""
+        idx = tf.where(keep > 0)[:, 0]
+        ghost = int(h.shape[0]) // num_ghost if h.shape[0] is not None else None
+        shape = tf.shape(h)
+        hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
+        sel = tf.gather(hg, idx)
+        y = op(tf.reshape(sel, tf.concat([[-1], shape[1:]], 0)), num_ghost=tf.size(idx, tf.int32),
+               ghost_size=ghost, normalized=normalized)
+        out = tf.scatter_nd(idx[:, None], tf.reshape(y, tf.shape(sel)), tf.shape(hg, out_type=tf.int64))
+        out = tf.reshape(out, shape)
+        out.set_shape(h.shape)
+        return out
+
+    # -- paths ---------------------------------------------------------------
+    def path_norms(self):
+        per_channel = tf.reduce_sum(tf.square(tf.cast(self.input_conv.kernel, tf.float32)), axis=[0, 1, 3])
+        seg = np.repeat(np.arange(len(self.candidates)), self.candidates)
+        per_input = tf.math.unsorted_segment_sum(per_channel, seg, len(self.candidates))
+        for j in range(len(self.candidates)):
+            yield ("input", j), per_input[j]
+        for o, op in enumerate(self.ops):
+            kernels = _kernels(op.steps)
+            if kernels:
+                yield ("op", o), _squared(kernels)
+
+    def arch_layers(self, inputs: Sequence[int], ops: Sequence[str]):
+        channels = self.input_channel_index(inputs)
+        yield self.input_bn, channels
+        yield self.input_conv, channels
+        for op in self.ops:
+            if op.op in ops:
+                yield from ((layer, None) for layer in op.steps if layer.weights)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "candidates": list(self.candidates),
+                "ops": list(self.op_names), "bn_epsilon": self.bn_epsilon}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class OneShotCell(_Node):
+    """A cell: its choice blocks in turn, each reading the cell's two input
+    states and the earlier blocks' outputs; the output is the concatenation
+    of the blocks' outputs, each normalized once when it is made."""
+
+    def __init__(self, blocks: Sequence[ChoiceBlock], **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [b if isinstance(b, ChoiceBlock) else keras.saving.deserialize_keras_object(b)
+                       for b in blocks]
+        _checkpoint_dependencies(self, "block", self.blocks)
+
+    def build(self, input_shape):
+        shapes = [_shape(s) for s in input_shape]
+        for b in self.blocks:
+            b.build(shapes[: len(b.candidates)])
+            shapes.append(shapes[0][:-1] + (b.filters,))
+
+    def call(self, states, input_mask=None, op_mask=None, num_ghost=1, mode=BlockMode()):
+        cands = list(states)
+        for i, b in enumerate(self.blocks):
+            out = b(cands[: len(b.candidates)], input_mask[..., i, :], op_mask[..., i, :], num_ghost=num_ghost,
+                    mode=mode)
+            cands.append(normalize(out, num_ghost, self.bn_epsilon))
+        return tf.concat(cands[len(states):], axis=-1)
+
+    def path_norms(self):
+        for i, b in enumerate(self.blocks):
+            for (kind, j), value in b.path_norms():
+                yield (kind, i, j), value
+
+    def arch_layers(self, arch: CellArchitecture):
+        for b, chosen in zip(self.blocks, arch.blocks):
+            yield from b.arch_layers(chosen.inputs, chosen.ops)
+
+    def get_config(self):
+        return {**super().get_config(), "blocks": [keras.saving.serialize_keras_object(b) for b in self.blocks]}
+
+
+class _OneShotLayers(PlanVisitor):
+    """``walk_plan`` visitor: the one-shot model's node layers."""
+
+    def __init__(self, num_classes: int, bn_epsilon: float):
+        self.num_classes, self.eps = num_classes, bn_epsilon
+        self.nodes: List[_Node] = []
+
+    def _add(self, layer):
+        self.nodes.append(layer)
+        return layer
+
+    def stem(self, node, x, in_channels):
+        return self._add(Stem(node.channels, bn_epsilon=self.eps, name="stem"))
+
+    def reduce(self, node, x, in_channels):
+        return self._add(Reduction(node.channels, bn_epsilon=self.eps, name=node.name))
+
+    def block(self, node, block, inputs):
+        return ChoiceBlock.from_node(block, self.eps)
+
+    def cell(self, node, cell, outputs):
+        return self._add(OneShotCell(outputs, bn_epsilon=self.eps, name=f"s{node.stage}c{cell}"))
+
+    def head(self, node, x, in_channels):
+        return self._add(Head(self.num_classes, bn_epsilon=self.eps, name="head"))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class OneShotModel(keras.Model):
     """Keras model over ``{"images", "input_mask", "op_mask"}`` returning logits."""
 
@@ -81,6 +577,8 @@ class OneShotModel(keras.Model):
                  mean: Sequence[float] = None, std: Sequence[float] = None, bn_epsilon: float = 1e-3,
                  skip_inactive: bool = True, static_shapes: bool = False, **kwargs):
         super().__init__(name=kwargs.pop("name", "oneshot"), **kwargs)
+        if isinstance(space, dict):
+            space = CellSearchSpace.from_config(space)
         self.space = space
         self.image_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
@@ -88,82 +586,68 @@ class OneShotModel(keras.Model):
         self.static_shapes = bool(static_shapes)
         self.bn_epsilon = float(bn_epsilon)
         c = self.image_shape[-1]
-        self.standardize = Standardize([0.0] * c if mean is None else mean,
-                                       [255.0] * c if std is None else std, name="standardize")
+        self.mean = [0.0] * c if mean is None else [float(v) for v in mean]
+        self.std = [255.0] * c if std is None else [float(v) for v in std]
+        self.standardize = Standardize(self.mean, self.std, name="standardize")
         self.plan = space.plan(self.image_shape)
+        visitor = _OneShotLayers(self.num_classes, self.bn_epsilon)
+        walk_plan(space, self.image_shape, visitor)
+        self.node_layers = visitor.nodes  # one layer per plan node, in plan order
+        _checkpoint_dependencies(self, "node", self.node_layers)
 
-        def make_bn(n):
-            return GhostBatchNorm(epsilon=bn_epsilon, name=n)
+    @property
+    def stem(self) -> Stem:
+        return self.node_layers[0]
 
-        named: Dict[str, keras.layers.Layer] = {}
-        structure = []  # per plan node: the names of its layers (nested for cells)
-        self._cand_channels = {}
-        cell = 0
-        for node in self.plan:
-            if node.kind == "stem":
-                layer = keras.layers.Conv2D(node.channels, 3, padding="same", use_bias=False,
-                                            kernel_initializer=conv_init(), name="stem_conv")
-                structure.append([layer.name])
-                named[layer.name] = layer
-            elif node.kind == "reduce":
-                layers = reduction_layers(node.name, node.channels, make_bn)
-                structure.append([l.name for l in layers])
-                named.update({l.name: l for l in layers})
-            elif node.kind == "cell":
-                fs = space.stage_filters(node.stage)
-                cand = [self.plan[d].channels for d in node.deps] + [fs] * space.num_blocks
-                blocks = []
-                for i in range(space.num_blocks):
-                    p = layer_prefix(node.stage, cell, i)
-                    self._cand_channels[(cell, i)] = cand[: space.num_candidate_inputs(i)]
-                    inp = block_input_layers(p, fs, make_bn)
-                    named.update({l.name: l for l in inp})
-                    ops = []
-                    for op in space.ops:
-                        layers = op_layers(op, fs, make_bn, f"{p}_{op}")
-                        named.update({l.name: l for l in layers})
-                        ops.append([l.name for l in layers])
-                    blocks.append(([l.name for l in inp], ops))
-                structure.append(blocks)
-                cell += 1
-            else:
-                layers = head_layers(self.num_classes, make_bn)
-                structure.append([l.name for l in layers])
-                named.update({l.name: l for l in layers})
-        # Layers are attributes (so TensorFlow checkpoints see them); the
-        # name -> layer map is a plain dict that Keras does not track again.
-        for n, layer in named.items():
-            setattr(self, n, layer)
-        object.__setattr__(self, "layers_by_name", named)
-        self._structure = structure
+    @property
+    def head(self) -> Head:
+        return self.node_layers[-1]
 
-    # -- helpers -----------------------------------------------------------
-    def input_channel_index(self, stage: int, cell: int, block: int, inputs: Sequence[int]) -> np.ndarray:
-        """Channel indices, in the block's all-inputs concatenation, of ``inputs``."""
-        del stage
-        sizes = self._cand_channels[(cell, block)]
-        starts = np.cumsum([0] + list(sizes))
-        return np.concatenate([np.arange(starts[j], starts[j] + sizes[j]) for j in inputs])
+    @property
+    def cells(self) -> List[OneShotCell]:
+        return [n for n in self.node_layers if isinstance(n, OneShotCell)]
 
-    def _run(self, names, x, num_ghost, ghost_size=None):
-        for n in names:
-            layer = self.layers_by_name[n]
-            if isinstance(layer, GhostBatchNorm):
-                x = layer(x, num_ghost=num_ghost, ghost_size=ghost_size)
-            else:
-                x = layer(x)
-        return x
+    def build(self, input_shape=None):
+        """Every variable, from the plan's shapes (``input_shape`` is ignored:
+        the model was made for one image shape)."""
+        shapes = []
+        image = (None,) + self.image_shape
+        for node, layer in zip(self.plan, self.node_layers):
+            layer.build([shapes[d] for d in node.deps] or [image])
+            shapes.append((None, node.height, node.width, node.channels))
 
     def build_weights(self, batch_size: int = 2):
-        """Create every variable by one eager call with all paths on."""
-        self(self.example_inputs(batch_size, 1))
+        """``build()``, returning the model (``batch_size`` is not used)."""
+        del batch_size
+        if not self.built:
+            self.build()
         return self
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "space": self.space.get_config(),
+                "input_shape": list(self.image_shape), "num_classes": self.num_classes, "mean": self.mean,
+                "std": self.std, "bn_epsilon": self.bn_epsilon, "skip_inactive": self.skip_inactive,
+                "static_shapes": self.static_shapes}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("trainable", None)
+        return cls(config.pop("space"), **config)
 
     def example_inputs(self, batch_size: int, num_ghost: int):
         nb, no = self.space.num_blocks, len(self.space.ops)
         return {"images": tf.zeros((batch_size,) + self.image_shape, tf.uint8),
                 "input_mask": tf.ones((num_ghost, nb, self.space.max_inputs)),
                 "op_mask": tf.ones((num_ghost, nb, no))}
+
+    def arch_layers(self, arch: CellArchitecture):
+        """``(layer, channels)`` for every weighted Keras layer ``arch`` uses:
+        ``channels`` the input channels a block input's BN and 1x1 convolution
+        read for ``arch`` (else ``None``).  Stand-alone layers have the same
+        names (``models.transfer_oneshot_weights``)."""
+        for layer in self.node_layers:
+            yield from layer.arch_layers(arch)
 
     # -- forward -----------------------------------------------------------
     def call(self, inputs, training=False, num_ghost=None):
@@ -186,169 +670,27 @@ class OneShotModel(keras.Model):
                 input_mask = tf.tile(input_mask[None], [num_ghost, 1, 1])
                 op_mask = tf.tile(op_mask[None], [num_ghost, 1, 1])
                 shared = False
-        stem = self._stem(self.standardize(images), num_ghost)
-        if shared:
-            return self._rest(stem, lambda i, *args: self._shared_block(*args, input_mask[i], op_mask[i]),
-                              num_ghost)
-        return self._rest(stem, lambda i, *args: self._masked_block(*args, input_mask[:, i], op_mask[:, i]),
-                          num_ghost)
+        stem = self._stem(images, num_ghost)
+        return self._rest(stem, input_mask, op_mask, num_ghost, self._mode(shared))
 
-    def _stem(self, x, num_ghost):
-        """The stem's output, normalized per ghost batch (see ``_rest``)."""
-        batch = x.shape[0]
+    def _mode(self, shared: bool) -> BlockMode:
+        return BlockMode(shared=shared, skip_inactive=self.skip_inactive, static_shapes=self.static_shapes)
+
+    def _stem(self, images, num_ghost):
+        """The stem's output, normalized per ghost batch."""
+        batch = images.shape[0]
         if batch is not None and batch % num_ghost:
             raise ValueError(f"a batch of {batch} does not split into {num_ghost} ghost batches")
-        return self._normalize(self._run(self._structure[0], x, num_ghost), num_ghost)
+        return self.stem([self.standardize(images)], num_ghost=num_ghost)
 
-    def _rest(self, stem, block, num_ghost):
-        """The forward pass after the stem; ``block(i, cands, inp_names,
-        op_names, sizes, num_ghost)`` computes block ``i`` of a cell.
-
-        Every state (stem, reductions, block outputs, hence cell outputs) is
-        read only through a ghost BN (BN-ReLU-Conv order), and within a ghost
-        batch a tensor's statistics are the same for every reader.  So each
-        state is normalized once, when it is made, and each reader applies
-        only its own gamma/beta (with the ReLU, one fused kernel): a cell
-        output read by several blocks and cells costs one set of statistics,
-        not one per reader.
-        """
-        values: List[tf.Tensor] = [stem]  # normalized states
-        cell = 0
-        for node, names in zip(self.plan[1:], self._structure[1:]):
-            if node.kind == "reduce":
-                y = self._run_normalized(names, values[node.deps[0]], num_ghost)
-                values.append(self._normalize(y, num_ghost))
-            elif node.kind == "cell":
-                cands = [values[d] for d in node.deps]
-                for i, (inp_names, op_names) in enumerate(names):
-                    k = self.space.num_candidate_inputs(i)
-                    out = block(i, cands[:k], inp_names, op_names, self._cand_channels[(cell, i)], num_ghost)
-                    cands.append(self._normalize(out, num_ghost))
-                values.append(tf.concat(cands[2:], axis=-1))
-                cell += 1
-            else:
-                return tf.cast(self._run_normalized(names, values[node.deps[0]], num_ghost), tf.float32)
-
-    def _masked_block(self, cands, inp_names, op_names, sizes, num_ghost, input_mask, op_mask):
-        """One block with per-ghost masks (``input_mask [G, num_blocks + 1]``,
-        ``op_mask [G, num_ops]``), its candidate inputs normalized."""
-        k = len(cands)
-        h = self._block_input(cands, inp_names, input_mask[:, :k], sizes, num_ghost)
-        out = None
-        for o, layer_names in enumerate(op_names):
-            y = self._masked_op(layer_names, h, op_mask[:, o], num_ghost)
-            out = y if out is None else out + y
-        return out
-
-    def _block_input_parts(self, cands, names, mask, sizes, num_ghost, concat=False):
-        """BN-ReLU-1x1 conv over the concatenated candidate inputs (already
-        normalized: the block's gamma/beta with the ReLU, then the conv),
-        input ``j`` of ghost batch ``g`` zeroed where ``mask[g, j] == 0``.
-
-        BN is per channel and a 1x1 convolution of a concatenation is the sum
-        of convolutions of its parts, so with ``skip_inactive`` each input
-        goes through its own slice of gamma, beta and the kernel, and an input
-        that no ghost batch keeps costs nothing (static shapes throughout).
-        """
-        self._build_input_layers(cands, names, sizes)
-        bn, _, conv = (self.layers_by_name[n] for n in names)
-
-        def concatenated():
-            x = tf.concat(cands, axis=-1)
-            # channel c of the concatenation belongs to input owner[c]; a
-            # gather with constant indices keeps shapes static (XLA, also in
-            # the gradient of a tf.cond branch, where tf.repeat's is not).
-            owner = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
-            ch_mask = tf.gather(mask, owner, axis=1)
-            return conv(mask_ghost(self._affine_relu(x, bn), ch_mask, num_ghost))
-
-        if not self.skip_inactive or concat:
-            return concatenated()
-        out_shape = cands[0].shape[:-1].concatenate([conv.filters])
-        total = None
-        for j, (x, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
-            m = mask[:, j]
-
-            def run(x=x, lo=lo, hi=hi, m=m):
-                return self._input_part(x, names, lo, hi, num_ghost, mask=m)
-
-            y = tf.cond(tf.reduce_any(m > 0), run, lambda x=x: _zeros(x, conv.filters))
-            y.set_shape(out_shape)
-            total = y if total is None else total + y
-        return total
-
-    def _input_part(self, x_hat, names, lo, hi, num_ghost, mask=None):
-        """One input's share of a block's input node: BN-ReLU-1x1 conv with
-        channels ``lo:hi`` of the block's gamma, beta and kernel, the input
-        already normalized (zeroed on the ghost batches where ``mask`` is 0)."""
-        bn, _, conv = (self.layers_by_name[n] for n in names)
-        y = self._affine_relu(x_hat, bn, lo, hi)
-        if mask is not None:
-            y = mask_ghost(y, mask, num_ghost)
-        kernel = tf.cast(conv.kernel[:, :, lo:hi, :], y.dtype)  # the conv's compute dtype
-        return tf.nn.conv2d(y, kernel, strides=1, padding="VALID")
-
-    def _shared_block(self, cands, inp_names, op_names, sizes, num_ghost, input_mask, op_mask):
-        """One block for one architecture shared by every ghost batch
-        (``input_mask [k]``, ``op_mask [num_ops]``), its candidate inputs
-        ``cands`` normalized (``_rest``): each kept input and op is
-        computed and added under a ``tf.cond`` on its mask entry; dropped
-        ones cost nothing."""
-        self._build_input_layers(cands, inp_names, sizes)
-        zeros = _zeros(cands[0], self.layers_by_name[inp_names[2]].filters)
-
-        def cond_add(keep, total, fn):
-            # the first term replaces the zeros instead of being added to them
-            out = tf.cond(keep > 0, fn if total is None else (lambda: total + fn()),
-                          lambda: zeros if total is None else total)
-            out.set_shape(zeros.shape)
-            return out
-
-        h = None
-        for j, (x_hat, (lo, hi)) in enumerate(zip(cands, _slices(sizes))):
-            h = cond_add(input_mask[j], h,
-                         lambda x_hat=x_hat, lo=lo, hi=hi: self._input_part(x_hat, inp_names, lo, hi, num_ghost))
-        # ops that start with BN read h normalized (once, if any of them is kept)
-        normed = [o for o, names in enumerate(op_names) if names and names[0].endswith("_bn1")]
-        if normed:
-            keep_normed = tf.reduce_max(tf.gather(op_mask, normed))
-            h_hat = tf.cond(keep_normed > 0, lambda: self._normalize(h, num_ghost), lambda: h)
-            h_hat.set_shape(h.shape)
-        out = None
-        for o, layer_names in enumerate(op_names):
-            if o in normed:
-                fn = lambda names=layer_names: self._run_normalized(names, h_hat, num_ghost)
-            else:
-                fn = lambda names=layer_names: self._run(names, h, num_ghost)
-            out = cond_add(op_mask[o], out, fn)
-        return out
-
-    # -- states normalized once (``_rest``), readers apply gamma/beta --------
-    def _normalize(self, x, num_ghost):
-        """``x`` normalized per ghost batch and channel, without gamma/beta."""
-        ones = tf.ones(x.shape[-1:], tf.float32)
-        return ghost_batch_norm(x, ones, tf.zeros_like(ones), num_ghost, self.bn_epsilon)
-
-    @staticmethod
-    def _affine_relu(x_hat, bn, lo=None, hi=None):
-        """ReLU of a ghost BN's ``gamma * x_hat + beta`` (channels ``lo:hi``),
-        ``x_hat`` already normalized: one fused inference-mode kernel."""
-        gamma, beta = bn.gamma[lo:hi], bn.beta[lo:hi]
-        # inference mode with mean 0 and variance 1 - eps: the scale is
-        # rsqrt(1 - eps + eps) = 1 to float precision
-        eps = 1.001e-5  # the smallest epsilon the fused kernel takes
-        mean = tf.zeros_like(gamma)
-        y = tf.compat.v1.nn.fused_batch_norm(tf.cast(x_hat, tf.float32), gamma, beta, mean=mean,
-                                             variance=mean + (1.0 - eps), epsilon=eps, is_training=False)[0]
-        return tf.cast(tf.nn.relu(y), bn.compute_dtype)
-
-    def _run_normalized(self, names, x_hat, num_ghost):
-        """``_run`` over layers that start with BN-ReLU, given the BN's input
-        already normalized per ghost batch."""
-        bn = self.layers_by_name[names[0]]
-        if not bn.built:
-            bn.build(x_hat.shape)
-        return self._run(names[2:], self._affine_relu(x_hat, bn), num_ghost)
+    def _rest(self, stem, input_mask, op_mask, num_ghost, mode):
+        """The forward pass after the stem: each node layer on the normalized
+        states it reads (see the module docstring)."""
+        values = [stem]
+        for node, layer in zip(self.plan[1:], self.node_layers[1:]):
+            values.append(layer([values[d] for d in node.deps], input_mask, op_mask, num_ghost=num_ghost,
+                                mode=mode))
+        return values[-1]
 
     def candidates_logits(self, images, input_mask, op_mask, num_ghost: int = 1, parallel_iterations: int = 2):
         """Logits ``[K, N, classes]`` of ``K`` architectures on the same
@@ -369,84 +711,16 @@ class OneShotModel(keras.Model):
             raise ValueError(f"candidates_logits takes input_mask [K, {nb}, {mi}] and op_mask [K, {nb}, {no}], "
                              f"got {input_mask.shape} and {op_mask.shape}")
         num_ghost = int(num_ghost)
-        stem = self._stem(self.standardize(images), num_ghost)
+        stem = self._stem(images, num_ghost)
+        mode = self._mode(True)
 
         def one(masks):
-            block = lambda i, *args: self._shared_block(*args, masks[0][i], masks[1][i])
-            return tf.cast(self._rest(stem, block, num_ghost), tf.float32)
+            return tf.cast(self._rest(stem, masks[0], masks[1], num_ghost, mode), tf.float32)
 
         if int(input_mask.shape[0]) == 1:
             return one((input_mask[0], op_mask[0]))[None]
         return tf.map_fn(one, (input_mask, op_mask), fn_output_signature=tf.float32,
                          parallel_iterations=parallel_iterations)
-
-    def _build_input_layers(self, cands, names, sizes):
-        bn, _, conv = (self.layers_by_name[n] for n in names)
-        if not bn.built:
-            shape = cands[0].shape[:-1].concatenate([sum(sizes)])
-            bn.build(shape)
-            conv.build(shape)
-
-    def _block_input(self, cands, names, mask, sizes, num_ghost):
-        """The block's input node.
-
-        Dynamic shapes (CPU/GPU): one concatenated BN-ReLU-1x1 convolution
-        over the whole batch with the dropped inputs' channels zeroed per
-        ghost batch, no control flow (an input never runs on a subset of the
-        ghost batches, so never on an empty one; a dropped input's slices of
-        gamma, beta and the kernel get exactly zero gradient).  Static shapes
-        (XLA/TPU) with ``skip_inactive``: when some input is kept by no ghost
-        batch, input by input (``_block_input_parts``), skipping it.  (Input
-        by input on CPU too made the quick preset's training step compile
-        ~30% longer and run slower, for a 1x1 convolution's worth of work.)"""
-        if not self.skip_inactive or not self.static_shapes:
-            return self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True)
-        every = tf.reduce_all(tf.reduce_any(mask > 0, axis=0))
-        out = tf.cond(every,
-                      lambda: self._block_input_parts(cands, names, mask, sizes, num_ghost, concat=True),
-                      lambda: self._block_input_parts(cands, names, mask, sizes, num_ghost))
-        out.set_shape(cands[0].shape[:-1].concatenate([self.layers_by_name[names[2]].filters]))
-        return out
-
-    def _masked_op(self, names, h, mask, num_ghost):
-        """``mask[g] * op(h)`` per ghost batch ``g`` (masks are 0/1).
-
-        With ``skip_inactive``, an op with weights that no ghost batch keeps
-        is skipped outright under a ``tf.cond``: no layer ever runs on an
-        empty batch (TensorFlow's depthwise filter gradient of an empty batch
-        is uninitialized memory on CPU, tensorflow/tensorflow#9949), and its
-        weights get exactly zero gradient.  Kept by some ghost batch, it runs
-        with ``static_shapes=False`` (CPU/GPU) only on those ghost batches
-        (gathered, run, scattered back), so its cost follows the number of
-        ghost batches using it; with ``static_shapes=True`` (XLA/TPU) on the
-        whole batch, masked.  Weightless ops (pooling, identity) run on the
-        whole batch, masked (under the ``tf.cond`` too with static shapes).
-        """
-        def run_all():
-            return mask_ghost(self._run(names, h, num_ghost), mask, num_ghost)
-
-        weightless = not names or names[0].endswith("_pool")
-        if not self.skip_inactive or (weightless and not self.static_shapes):
-            return run_all()
-        run = run_all if self.static_shapes else (lambda: self._run_kept_ghosts(names, h, mask, num_ghost))
-        out = tf.cond(tf.reduce_any(mask > 0), run, lambda: tf.zeros_like(h))
-        out.set_shape(h.shape)
-        return out
-
-    def _run_kept_ghosts(self, names, h, mask, num_ghost):
-        """``_run`` on the ghost batches where ``mask > 0`` (at least one),
-        scattered back into zeros of ``h``'s shape."""
-        idx = tf.where(mask > 0)[:, 0]
-        ghost = int(h.shape[0]) // num_ghost if h.shape[0] is not None else None
-        shape = tf.shape(h)
-        hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
-        sel = tf.gather(hg, idx)
-        y = self._run(names, tf.reshape(sel, tf.concat([[-1], shape[1:]], 0)), tf.size(idx, tf.int32),
-                      ghost_size=ghost)
-        out = tf.scatter_nd(idx[:, None], tf.reshape(y, tf.shape(sel)), tf.shape(hg, out_type=tf.int64))
-        out = tf.reshape(out, shape)
-        out.set_shape(h.shape)
-        return out
 
     # -- masked L2 ---------------------------------------------------------
     def path_squared_norms(self):
@@ -462,29 +736,16 @@ class OneShotModel(keras.Model):
         """
         nb, no, mi = self.space.num_blocks, len(self.space.ops), self.space.max_inputs
         always = tf.constant(0.0)
-        inp = [[tf.constant(0.0)] * mi for _ in range(nb)]
-        ops = [[tf.constant(0.0)] * no for _ in range(nb)]
-        cell = 0
-        for node, names in zip(self.plan, self._structure):
-            if node.kind != "cell":
-                for n in names:
-                    for k in _kernels(self.layers_by_name[n]):
-                        always += tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
-                continue
-            for i, (inp_names, op_names) in enumerate(names):
-                kernel = tf.cast(self.layers_by_name[inp_names[2]].kernel, tf.float32)
-                per_channel = tf.reduce_sum(tf.square(kernel), axis=[0, 1, 3])
-                sizes = self._cand_channels[(cell, i)]
-                seg = np.repeat(np.arange(len(sizes)), sizes)
-                per_input = tf.math.unsorted_segment_sum(per_channel, seg, len(sizes))
-                for j in range(len(sizes)):
-                    inp[i][j] += per_input[j]
-                for o, layer_names in enumerate(op_names):
-                    for n in layer_names:
-                        for k in _kernels(self.layers_by_name[n]):
-                            ops[i][o] += tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
-            cell += 1
-        return always, tf.stack([tf.stack(r) for r in inp]), tf.stack([tf.stack(r) for r in ops])
+        grid = {"input": [[tf.constant(0.0)] * mi for _ in range(nb)],
+                "op": [[tf.constant(0.0)] * no for _ in range(nb)]}
+        for layer in self.node_layers:
+            for path, value in layer.path_norms():
+                if path is None:
+                    always += value
+                else:
+                    kind, i, j = path
+                    grid[kind][i][j] += value
+        return always, tf.stack([tf.stack(r) for r in grid["input"]]), tf.stack([tf.stack(r) for r in grid["op"]])
 
     def masked_l2(self, input_mask, op_mask):
         """Sum of squared kernels on the paths the step uses.
@@ -499,24 +760,3 @@ class OneShotModel(keras.Model):
         frac_in = tf.reduce_mean(tf.cast(input_mask, tf.float32), axis=0) * valid
         frac_op = tf.reduce_mean(tf.cast(op_mask, tf.float32), axis=0)
         return always + tf.reduce_sum(frac_in * inp) + tf.reduce_sum(frac_op * ops)
-
-
-def _slices(sizes: Sequence[int]):
-    """``(start, end)`` of each part of a concatenation of ``sizes`` channels."""
-    ends = np.cumsum(sizes)
-    return [(int(e - c), int(e)) for e, c in zip(ends, sizes)]
-
-
-def _zeros(x, channels: int):
-    """Zeros shaped like ``x`` but with ``channels`` channels."""
-    if x.shape[:-1].is_fully_defined():
-        return tf.zeros(x.shape[:-1].concatenate([channels]), x.dtype)
-    return tf.zeros(tf.concat([tf.shape(x)[:-1], [channels]], 0), x.dtype)
-
-
-def _kernels(layer) -> List[tf.Variable]:
-    if isinstance(layer, keras.layers.SeparableConv2D):
-        return [layer.depthwise_kernel, layer.pointwise_kernel]
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        return [layer.kernel]
-    return []
