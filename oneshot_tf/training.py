@@ -154,8 +154,6 @@ class TrainConfig:
     verbose: bool = True
 
 
-
-
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     """``cfg.optimizer`` (SGD with ``momentum``/``nesterov``, or Adam with
     Keras's defaults) with the learning rate of ``cfg.lr_schedule``: cosine

@@ -371,13 +371,14 @@ def test_mixed_float16_training_uses_loss_scaling_and_resumes(tmp_path):
     with precision_scope("mixed_float16"):
         from oneshot_tf import training
         assert isinstance(training.make_optimizer(cfg), keras.optimizers.LossScaleOptimizer)
-        proxy = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
+        one_cell = CellSearchSpace(num_cells=1, num_stages=1, filters=4, num_blocks=2)  # (a shorter trace)
+        proxy = OneShotProxy(one_cell, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
         metrics = train(proxy, x, y, cfg, str(tmp_path / "run"))
         assert all(np.isfinite(v) for v in metrics.values())
         assert {v.dtype for v in proxy.model.weights} == {"float32"}
         reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run")))
         assert any("dynamic_scale" in k for k in reader.get_variable_to_shape_map())
-        again = OneShotProxy(SPACE, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
+        again = OneShotProxy(one_cell, input_shape=SHAPE, num_classes=CLASSES, ghost_batch_size=8)
         train(again, x, y, dataclasses.replace(cfg, steps=3), str(tmp_path / "run"))
         assert checkpoint_step(str(tmp_path / "run")) == 3
     assert current_precision() == "float32"
@@ -392,8 +393,7 @@ def test_pipeline_runs_in_mixed_bfloat16(tmp_path):
     from oneshot_tf.pipeline import SearchRun
 
     try:
-        cfg = config_lib.resolve("tiny", {"precision": "mixed_bfloat16", "num_winners": 1, "num_cells": 1,
-                                          "num_stages": 1})
+        cfg = config_lib.resolve("tiny", {"precision": "mixed_bfloat16", "num_winners": 1})
         run = SearchRun(cfg, str(tmp_path / "run"), verbose=False)
         results = run.run()
         assert current_precision() == "mixed_bfloat16"
