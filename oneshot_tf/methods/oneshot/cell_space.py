@@ -42,6 +42,7 @@ ops; i.e. architectures are uniform over the space.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
 import json
@@ -150,28 +151,31 @@ def op_spec(op: str) -> OpSpec:
         raise ValueError(f"unknown op {op!r}") from None
 
 
-class PlanVisitor:
+class PlanVisitor(abc.ABC):
     """What ``walk_plan`` calls at each piece of the network; every method
     returns the piece's value (a tensor, a layer, a cost: the visitor's
     choice), which the walk hands to the pieces that read it.
     ``in_channels`` is the channels of the state a node reads."""
 
+    @abc.abstractmethod
     def stem(self, node: CellNode, x, in_channels: int):
-        raise NotImplementedError
+        """The stem, reading the images ``x``."""
 
+    @abc.abstractmethod
     def reduce(self, node: CellNode, x, in_channels: int):
-        raise NotImplementedError
+        """A reduction between stages, reading the state ``x``."""
 
+    @abc.abstractmethod
     def block(self, node: CellNode, block: BlockNode, inputs: List[Any]):
         """``inputs``: the values of ``block.inputs``, in order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def cell(self, node: CellNode, cell: int, outputs: List[Any]):
         """``outputs``: the values of the cell's blocks; ``cell`` counts every cell."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def head(self, node: CellNode, x, in_channels: int):
-        raise NotImplementedError
+        """The head (pooling and logits), reading the last cell's output ``x``."""
 
 
 def walk_plan(space: "CellSearchSpace", input_shape, visitor: PlanVisitor, arch: "CellArchitecture" = None,
