@@ -20,20 +20,26 @@ from oneshot_tf.distribute import get_distribution_strategy, set_intra_op_thread
 FLAGS = flags.FLAGS
 
 
-def method_from_argv(argv: List[str]) -> str:
-    """The value of ``--method`` on a command line ('' if absent)."""
+def flag_from_argv(argv: List[str], name: str) -> str:
+    """The value of ``--NAME`` on a command line ('' if absent)."""
     value = ""
     for i, arg in enumerate(argv[1:], start=1):
         if arg == "--":
             break
-        if arg.startswith("--method="):
+        if arg.startswith(f"--{name}="):
             value = arg.split("=", 1)[1]
-        elif arg == "--method" and i + 1 < len(argv):
+        elif arg == f"--{name}" and i + 1 < len(argv):
             value = argv[i + 1]
     return value
 
 
-def _define(f, default, help_text: str):
+def method_from_argv(argv: List[str]) -> str:
+    """The value of ``--method`` on a command line ('' if absent)."""
+    return flag_from_argv(argv, "method")
+
+
+def define_field(f, default, help_text: str):
+    """The absl flag of a ``config.setting`` field."""
     meta = f.metadata
     if meta["tristate"]:
         flags.DEFINE_bool(f.name, None, help_text)
@@ -75,9 +81,9 @@ def define_flags(argv: Optional[List[str]] = None):
                               f"Preset of {method.name}'s defaults ({', '.join(sorted(method.presets))}); explicit "
                               f"flags override it. Flag defaults shown here are the quick preset's.")
         else:
-            _define(f, getattr(defaults, f.name), f.metadata["help"])
+            define_field(f, getattr(defaults, f.name), f.metadata["help"])
     for f in config_lib.fields(method.settings):
-        _define(f, getattr(defaults.settings, f.name), f"[{method.name}] {f.metadata['help']}")
+        define_field(f, getattr(defaults.settings, f.name), f"[{method.name}] {f.metadata['help']}")
     return method
 
 
@@ -98,19 +104,23 @@ def make_run():
     return pipeline.SearchRun(cfg, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet)
 
 
+def setup_logging():
+    """INFO lines from this package only; TensorFlow's own INFO chatter is dropped."""
+    import tensorflow as tf
+    logging.set_verbosity(logging.INFO)
+    tf.get_logger().setLevel("ERROR")
+    logging.get_absl_handler().addFilter(
+        lambda r: r.levelno >= logging.converter.STANDARD_WARNING
+        or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
+
+
 def run_step(step):
     """Run ``step(search_run)``; known errors end the program with a message, not a traceback."""
     from oneshot_tf.data import DataError
     from oneshot_tf.pipeline import ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
     from oneshot_tf.training import TrainingDivergedError, TrainingPreempted
-    import tensorflow as tf
-    logging.set_verbosity(logging.INFO)
-    tf.get_logger().setLevel("ERROR")
-    # INFO lines from this package only; TensorFlow's own INFO chatter is dropped.
-    logging.get_absl_handler().addFilter(
-        lambda r: r.levelno >= logging.converter.STANDARD_WARNING
-        or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
+    setup_logging()
     try:
         step(make_run())
     except TrainingPreempted as e:

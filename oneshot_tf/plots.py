@@ -254,3 +254,36 @@ def architecture_png(graph: Dict[str, Any], title: str = "") -> bytes:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def panels_png(panels: Sequence[Dict[str, Any]], *, ylabel: str, title: str = "", columns: int = 4) -> bytes:
+    """A grid of scatter plots, one per panel: ``{"x", "y", "xlabel",
+    "title"}``, optionally ``"ylabel"`` (else ``ylabel``) and ``"ylo"``/
+    ``"yhi"`` (a vertical bar from ylo to yhi at each point, e.g. the range
+    over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(panels))
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, p in zip(axes.flat, panels):
+        x, y = np.asarray(p["x"], np.float64), np.asarray(p["y"], np.float64)
+        if "ylo" in p:
+            ax.vlines(x, p["ylo"], p["yhi"], color="0.75", linewidth=1)
+        ax.scatter(x, y, s=14, alpha=0.8)
+        ax.set_xlabel(p["xlabel"], fontsize=8)
+        ax.set_ylabel(p.get("ylabel", ylabel), fontsize=8)
+        ax.set_title(p["title"], fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,210 @@
+"""The ranking-fidelity study end to end on the tiny preset: its outputs agree
+with each other and with hand recomputation, its cache is hit on rerun, a
+failing method is reported in its row, the stratified sample spans the
+ranking, and a short stand-alone run is far above chance."""
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf.fidelity import stats
+from oneshot_tf.fidelity import study as study_lib
+from oneshot_tf.fidelity.ground_truth import (ResultCache, TruthTraining, bn_momentum_for_steps,
+                                              train_candidate)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("study"))
+    study, cfgs = study_lib.resolve("tiny", {})
+    result = study_lib.FidelityStudy(study, cfgs, d, verbose=False).run()
+    return d, result
+
+
+def test_outputs_and_rows(study_dir):
+    d, result = study_dir
+    for name in ("study.json", "candidates.jsonl", "fidelity.csv", "fidelity.md", "fidelity_candidates.csv",
+                 "fidelity.png", "kl.png"):
+        assert os.path.getsize(os.path.join(d, name)) > 0, name
+    assert tf.io.gfile.glob(os.path.join(d, "tb", "events.out.tfevents.*"))
+    rows = {r["name"]: r for r in read_csv(os.path.join(d, "fidelity.csv"))}
+    assert list(rows) == ["oneshot", "oneshot_kl", "params", "flops", "synflow", "naswot", "sgd_2",
+                          "ceiling (seed vs seed)"]
+    assert all(r["error"] == "" for r in rows.values())
+    assert len(open(os.path.join(d, "candidates.jsonl")).read().splitlines()) == 8
+    # every number of a row is recomputed from the per-candidate file
+    cands = read_csv(os.path.join(d, "fidelity_candidates.csv"))
+    assert len(cands) == 4
+    truth = np.array([float(c["truth"]) for c in cands])
+    seeds = np.array([[float(c["seed_1"]), float(c["seed_2"])] for c in cands])
+    np.testing.assert_allclose(truth, seeds.mean(1))
+    for name in ("oneshot", "params", "synflow", "naswot", "sgd_2"):
+        s = np.array([float(c[name]) for c in cands])
+        for key in ("pearson", "spearman", "kendall"):
+            want = getattr(stats, key)(s, truth)
+            got = rows[name][key]
+            if np.isnan(want):
+                assert got == "nan", (name, key)
+            else:
+                assert float(got) == pytest.approx(want), (name, key)
+        assert float(rows[name]["precision_at_k"]) == pytest.approx(stats.precision_at_k(s, truth, 2))
+        assert float(rows[name]["top1_accuracy"]) == pytest.approx(stats.top1_truth(s, truth))
+    # the ceiling row on two seeds: seed 1 against seed 2, and Spearman-Brown of it
+    ceiling = rows["ceiling (seed vs seed)"]
+    r = stats.pearson(seeds[:, 0], seeds[:, 1])
+    assert float(ceiling["pearson"]) == pytest.approx(r)
+    assert float(ceiling["spearman_brown"]) == pytest.approx(stats.spearman_brown(r, 2))
+    assert int(ceiling["seeds"]) == 2
+    # parameter counts are the stand-alone models' own
+    params = np.array([float(c["params"]) for c in cands])
+    assert np.all(params > 0)
+    md = open(os.path.join(d, "fidelity.md")).read()
+    assert "| oneshot | 4 |" in md and "ceiling (seed vs seed)" in md and "Spearman-Brown" in md
+    assert "KL analysis" in md
+
+
+def test_ground_truth_is_the_stratified_sample(study_dir):
+    d, result = study_dir
+    scores = {}
+    for line in open(tf.io.gfile.glob(os.path.join(d, "scores", "oneshot-*.jsonl"))[0]):
+        rec = __import__("json").loads(line)
+        scores[rec["id"]] = rec["score"]
+    cands = [__import__("json").loads(line) for line in open(os.path.join(d, "candidates.jsonl"))]
+    ids = [c["id"] for c in cands]
+    picks = study_lib.stratified_sample([scores[i] for i in ids], 4, 0, ids)
+    assert [c["id"] for c in result["truth_candidates"]] == [ids[i] for i in picks]
+
+
+def test_rerun_trains_nothing(study_dir):
+    d, result = study_dir
+    before = {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(d, "truth", "*.json"))}
+    assert len(before) == 4 * 2 + 4 + 4  # ground truth (M x S), sgd_2 (M), zero-cost (M)
+    study, cfgs = study_lib.resolve("tiny", {})
+    s = study_lib.FidelityStudy(study, cfgs, d, verbose=False)
+    again = s.run()
+    assert s.cache.misses == 0 and s.cache.hits == len(before)
+    assert {p: os.path.getmtime(p) for p in before} == before
+    assert not tf.io.gfile.exists(os.path.join(d, "truth", "work")) or not tf.io.gfile.listdir(
+        os.path.join(d, "truth", "work"))
+    np.testing.assert_array_equal(again["truth"], result["truth"])
+
+
+def test_failing_method_is_reported_in_its_row(study_dir, tmp_path):
+    from oneshot_tf.methods import oneshot
+
+    def fail():
+        raise RuntimeError("boom: cannot build")
+
+    def build(cfg, dataset):  # one-shot's space and proxy, the proxy failing when training builds it
+        space, proxy = oneshot.build(cfg, dataset)
+        proxy.build = fail
+        return space, proxy
+
+    registry.register(dataclasses.replace(oneshot.METHOD, name="broken", default=False, build=build))
+    try:
+        d = study_dir[0]
+        study, cfgs = study_lib.resolve("tiny", {"methods": "broken,oneshot"})
+        out = study_lib.FidelityStudy(study, cfgs, d, verbose=False).run()
+    finally:
+        registry.unregister("broken")
+    rows = {r["name"]: r for r in read_csv(os.path.join(d, "fidelity.csv"))}
+    assert rows["broken"]["error"] == "RuntimeError: boom: cannot build"
+    assert rows["oneshot"]["error"] == "" and rows["oneshot"]["spearman"] != ""
+    assert out["summary"]["stratified_by"] == "oneshot"  # the first method that scored
+    assert "| broken | error: RuntimeError: boom: cannot build" in open(os.path.join(d, "fidelity.md")).read()
+
+
+def test_cli_prints_the_table_and_refuses_bad_flags(study_dir):
+    d = study_dir[0]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    run = subprocess.run([sys.executable, "-m", "experiments.correlate", f"--model_dir={d}", "--preset=tiny",
+                          "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| oneshot | 4 |" in run.stdout and "ceiling (seed vs seed)" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "experiments.correlate", f"--model_dir={d}", "--preset=tiny",
+                          "--num_truth=3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == "error: --num_truth=3 is out of range: it must be >= 4"
+
+
+def test_resolve_refuses_bad_settings():
+    with pytest.raises(ValueError, match=r"unknown settings \['nonsense'\] for a study of oneshot"):
+        study_lib.resolve("tiny", {"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown --method='nope'"):
+        study_lib.resolve("tiny", {"methods": "nope"})
+    with pytest.raises(ValueError, match="names a method twice"):
+        study_lib.resolve("tiny", {"methods": "oneshot,oneshot"})
+    with pytest.raises(ValueError, match=r"--sgd_steps='10,5' must be increasing"):
+        study_lib.parse_steps("10,5")
+    with pytest.raises(ValueError, match="--baselines: unknown flop; choose from"):
+        study_lib.parse_baselines("params,flop")
+    study, cfgs = study_lib.resolve("tiny", {"num_truth": 9})
+    with pytest.raises(ValueError, match="--num_truth=9 exceeds --num_candidates=8"):
+        study_lib.FidelityStudy(study, cfgs, "/nonexistent/never/written", verbose=False)
+    # a method setting and a generic one reach the method's config; study settings the study
+    study, cfgs = study_lib.resolve("tiny", {"filters": 6, "train_steps": 3, "truth_seeds": 3})
+    assert cfgs[0].settings.filters == 6 and cfgs[0].train_steps == 3 and study.truth_seeds == 3
+
+
+def test_stratified_sample_spans_the_ranking():
+    rng = np.random.default_rng(0)
+    scores = rng.permutation(20).astype(float)  # distinct: rank of item i is 19 - scores[i]
+    picks = study_lib.stratified_sample(scores, 5, seed=3)
+    ranks = [19 - int(scores[i]) for i in picks]
+    assert [r // 4 for r in ranks] == [0, 1, 2, 3, 4]  # one from each stratum of 4 ranks, best first
+    assert picks == study_lib.stratified_sample(scores, 5, seed=3)
+    assert sorted(study_lib.stratified_sample(scores, 20, seed=1)) == list(range(20))
+    # uneven strata: 7 items in 3 strata of ranks [0, 2), [2, 4), [4, 7)
+    picks = study_lib.stratified_sample([7, 6, 5, 4, 3, 2, 1], 3, seed=0)
+    assert picks[0] in (0, 1) and picks[1] in (2, 3) and picks[2] in (4, 5, 6)
+    with pytest.raises(ValueError, match="stratified sample of 8 from 7"):
+        study_lib.stratified_sample(range(7), 8, seed=0)
+
+
+def test_bn_momentum_for_steps():
+    assert bn_momentum_for_steps(100) == pytest.approx(0.9)
+    assert bn_momentum_for_steps(1000) == pytest.approx(0.99)
+    assert bn_momentum_for_steps(50000) == pytest.approx(0.99)
+    assert bn_momentum_for_steps(10) == pytest.approx(0.5)
+
+
+def test_short_run_is_far_above_chance(tmp_path):
+    """130 steps: with Keras's default BN momentum 0.99 the moving statistics
+    are still mostly their initial values and test accuracy is at chance
+    (0.1); the momentum chosen from the step count gives far above it."""
+    from oneshot_tf import config as config_lib
+    cfg = config_lib.resolve("tiny", {"filters": 8})
+    ds = pipeline.load_data(cfg)
+    space, _ = registry.get("oneshot").build(cfg, ds)
+    arch = space.sample_at(0, 0)
+    accuracy = {}
+    for momentum in (0.0, 0.99):  # 0: chosen from the step count
+        training = TruthTraining(batch_size=32, learning_rate=0.1, augment=False, bn_momentum=momentum)
+        result = train_candidate(space, arch, ds, steps=130, seed=1, training=training,
+                                 work_dir=str(tmp_path / str(momentum)))
+        accuracy[momentum] = result["test_accuracy"]
+        assert result["bn_momentum"] == pytest.approx(momentum or bn_momentum_for_steps(130))
+    assert accuracy[0.0] > 0.6 and accuracy[0.99] < 0.3, accuracy
+
+
+def test_cache_refuses_a_file_of_another_job(tmp_path):
+    cache = ResultCache(str(tmp_path))
+    cache.put({"a": 1}, {"x": 2})
+    assert cache.get({"a": 1}) == {"x": 2} and cache.get({"a": 2}) is None
+    io_utils.write_json(cache.path({"a": 3}), {"job": {"a": 4}, "result": {}})
+    with pytest.raises(RuntimeError, match="holds another job's result"):
+        cache.get({"a": 3})
