@@ -41,12 +41,20 @@ class StandaloneTask(TrainTask):
         return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": correct / global_batch_size}
 
 
-def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+def make_predict(model: keras.Model):
+    """The compiled inference function ``evaluate_accuracy`` uses (class
+    ids of a batch); made once, it serves every call of the same batch size."""
+    return tf.function(lambda images: tf.argmax(model(images, training=False), -1))
+
+
+def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                      predict=None) -> float:
     """Top-1 accuracy of ``model`` (inference mode) on every example of ``(x, y)``.
 
-    The last batch is padded to ``batch_size`` so one trace serves all."""
+    The last batch is padded to ``batch_size`` so one trace serves all
+    (``predict``: a ``make_predict(model)`` to reuse; default a new one)."""
     batch_size = min(batch_size, len(x))
-    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1))
+    predict = predict or make_predict(model)
     correct = 0
     for i in range(0, len(x), batch_size):
         chunk = x[i:i + batch_size]

@@ -154,7 +154,7 @@ class TrainConfig:
     verbose: bool = True
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: TrainConfig, *, reusable: bool = False) -> keras.optimizers.Optimizer:
     """``cfg.optimizer`` (SGD with ``momentum``/``nesterov``, or Adam with
     Keras's defaults) with the learning rate of ``cfg.lr_schedule``: cosine
     decay to 0 over ``cfg.steps``; constant; ``cosine_floor``, cosine decay
@@ -163,8 +163,17 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     ``lr0 * lr_decay_factor ** (number of fractions in lr_decay_at that
     t / T has reached)`` (GHN's Adam at 1e-3 halved at 50% and 75%:
     ``lr_decay_at=(0.5, 0.75), lr_decay_factor=0.5``).  Wrapped in dynamic
-    loss scaling when the global Keras policy is ``mixed_float16``."""
-    if cfg.lr_schedule == "cosine":
+    loss scaling when the global Keras policy is ``mixed_float16``.
+
+    ``reusable``: the cosine schedules keep their initial rate and step
+    count in variables (``_set_schedule`` gives them a new run's values, and
+    a compiled step that reads them needs no new trace)."""
+    if reusable and cfg.lr_schedule in ("cosine", "cosine_floor"):
+        lr = keras.optimizers.schedules.CosineDecay(
+            tf.Variable(float(cfg.learning_rate), trainable=False, name="initial_learning_rate"),
+            decay_steps=tf.Variable(float(max(cfg.steps, 1)), trainable=False, name="decay_steps"),
+            alpha=cfg.lr_floor if cfg.lr_schedule == "cosine_floor" else 0.0)
+    elif cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(cfg.steps, 1))
     elif cfg.lr_schedule == "cosine_floor":
         if not 0.0 < cfg.lr_floor < 1.0:
@@ -210,27 +219,85 @@ def current_lr(optimizer) -> float:
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
+class _Compiled:
+    """What ``train`` builds for a task besides the task itself: optimizer,
+    step counter, the run's step count and seed as variables, and the
+    compiled step once traced.  With ``reuse_compiled`` it is kept on the
+    task and serves later runs of the same shape (``_compile_key``)."""
+
+    def __init__(self, key, optimizer, step_var):
+        self.key, self.optimizer, self.step_var = key, optimizer, step_var
+        self.total_var = tf.Variable(1.0, trainable=False, name="total_steps")
+        self.seed_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_seed")
+        self.train_step = None
+
+    def start(self, cfg: TrainConfig, fresh: bool):
+        """Set the run's values; a reused one also forgets the last run
+        (optimizer slots and iterations zeroed, step 0)."""
+        if not fresh:
+            for v in self.optimizer.variables:
+                v.assign(tf.zeros_like(v))
+            self.step_var.assign(0)
+            lr = self.optimizer._learning_rate
+            if isinstance(lr, keras.optimizers.schedules.CosineDecay):
+                lr.initial_learning_rate.assign(float(cfg.learning_rate))
+                lr.decay_steps.assign(float(max(cfg.steps, 1)))
+            elif not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+                self.optimizer.learning_rate = float(cfg.learning_rate)
+        self.total_var.assign(float(cfg.steps))
+        self.seed_var.assign(cfg.seed % (2 ** 31 - 1))
+
+
+def _compile_key(cfg: TrainConfig, strategy, x: np.ndarray, y: np.ndarray):
+    """What a compiled step depends on besides variables: a later run with
+    the same key reuses it (learning rate, step count and seed may differ,
+    and so may the step count of a cosine or constant schedule)."""
+    schedule = (cfg.lr_schedule, cfg.lr_floor if cfg.lr_schedule == "cosine_floor" else None,
+                (cfg.steps, tuple(cfg.lr_decay_at), cfg.lr_decay_factor) if cfg.lr_schedule == "step" else None)
+    return (id(strategy), cfg.batch_size, cfg.optimizer, cfg.momentum, cfg.nesterov, schedule, cfg.jit_compile,
+            x.shape[1:], str(x.dtype), y.shape[1:], str(y.dtype), keras.mixed_precision.global_policy().name)
+
+
 def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model_dir: str, *,
           strategy: Optional[tf.distribute.Strategy] = None, summary_dir: Optional[str] = None,
-          description: str = "training") -> Dict[str, float]:
+          description: str = "training", reuse_compiled: bool = False) -> Dict[str, float]:
     """Train ``task`` on ``(x, y)`` for ``cfg.steps`` global steps; resumable.
 
     Checkpoints go to ``model_dir`` (created if needed).  Returns the metrics
     of the last step (empty if the run had already finished).
+
+    ``reuse_compiled``: keep the optimizer and the compiled step on ``task``
+    and reuse them in a later call with the same batch, optimizer, schedule
+    kind and data shapes (a study training one architecture with several
+    seeds and step counts traces once).  A reused call starts from zeroed
+    optimizer state and step 0, with this call's learning rate, step count
+    and seed; the task's weights are the caller's to re-initialize.  Not
+    under ``mixed_float16`` (its loss scale is optimizer state).
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ValueError(f"batch size {cfg.batch_size} does not split over {replicas} replicas")
+    reuse_compiled = reuse_compiled and keras.mixed_precision.global_policy().name != "mixed_float16"
     with strategy.scope():
         task.build()
-        optimizer = make_optimizer(cfg)
         variables = task.trainable_variables
-        optimizer.build(variables)
-        # Steps taken, counted apart from optimizer.iterations, which does not
-        # advance when dynamic loss scaling skips a step (mixed_float16).
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
-                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # (the same variables too: a task whose model was rebuilt gets a new step)
+        key = _compile_key(cfg, strategy, x, y) + (tuple(id(v) for v in variables),)
+        compiled = getattr(task, "_compiled", None) if reuse_compiled else None
+        fresh = compiled is None or compiled.key != key
+        if fresh:
+            optimizer = make_optimizer(cfg, reusable=reuse_compiled)
+            optimizer.build(variables)
+            # Steps taken, counted apart from optimizer.iterations, which does not
+            # advance when dynamic loss scaling skips a step (mixed_float16).
+            step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            compiled = _Compiled(key, optimizer, step_var)
+            if reuse_compiled:
+                task._compiled = compiled
+        compiled.start(cfg, fresh)
+        optimizer, step_var = compiled.optimizer, compiled.step_var
     ckpt = tf.train.Checkpoint(optimizer=optimizer, step=step_var, **task.checkpoint_objects())
     # Only the chief keeps checkpoints in model_dir; every worker saves (the
     # values are collected collectively), the others into a temporary dir.
@@ -261,7 +328,7 @@ def train(task: TrainTask, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, model
             sigterm = threading.Event()
             signal.signal(signal.SIGTERM, lambda signum, frame: sigterm.set())
     try:
-        return _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption,
+        return _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preemption,
                            sigterm, model_dir, summary_dir if chief else None, description)
     finally:
         if previous_sigterm is not None:
@@ -281,9 +348,10 @@ def _preempted(description, model_dir, step):
     return exit_fn
 
 
-def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manager, preemption, sigterm,
+def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preemption, sigterm,
                 model_dir, summary_dir, description):
     replicas = strategy.num_replicas_in_sync
+    optimizer, step_var = compiled.optimizer, compiled.step_var
     start = int(step_var.numpy())
     if start >= cfg.steps:
         return {}
@@ -313,10 +381,10 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         images = tf.ensure_shape(images, [per_replica_batch] + list(images.shape[1:]))
         labels = tf.ensure_shape(labels, [per_replica_batch] + list(labels.shape[1:]))
         step = step_var
-        progress = tf.minimum(tf.cast(step, tf.float32) / total, 1.0)
+        progress = tf.minimum(tf.cast(step, tf.float32) / compiled.total_var, 1.0)
         # One seed per step for all replicas: tasks draw randomness for the
         # global batch and take their replica's slice (same under any split).
-        seed = tf.stack([tf.constant(cfg.seed % (2 ** 31 - 1), tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.stack([compiled.seed_var.read_value(), tf.cast(step, tf.int64)])
         seed = tf.cast(seed % (2 ** 31 - 1), tf.int32)  # = step_seed(cfg.seed, step)
         with tf.GradientTape() as tape:
             kwargs = {"step_inputs": extra} if feeds else {}
@@ -333,7 +401,6 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
     # XLA compiles the replica step; the input pipeline stays outside it.
     compiled_step = tf.function(replica_step, jit_compile=True) if cfg.jit_compile else replica_step
 
-    @tf.function
     def train_step(it, extra=None):
         images, labels = next(it)
         # ``extra`` (host-side step inputs) is not per-replica: every replica gets all of it.
@@ -342,6 +409,10 @@ def _train_loop(task, x, y, cfg, strategy, optimizer, step_var, variables, manag
         with tf.control_dependencies(list(out.values())):
             step_var.assign_add(1)
         return out
+
+    if compiled.train_step is None:
+        compiled.train_step = tf.function(train_step)
+    train_step = compiled.train_step
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     # The bar shows loss and accuracy averaged over the steps since its last

@@ -16,8 +16,8 @@ import tensorflow as tf
 from oneshot_tf import io_utils, pipeline, registry
 from oneshot_tf.fidelity import stats
 from oneshot_tf.fidelity import study as study_lib
-from oneshot_tf.fidelity.ground_truth import (ResultCache, TruthTraining, bn_momentum_for_steps,
-                                              train_candidate)
+from oneshot_tf.fidelity.ground_truth import (CandidateTrainer, ResultCache, TruthTraining,
+                                              recompute_batch_norm, train_candidate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,30 +175,59 @@ def test_stratified_sample_spans_the_ranking():
         study_lib.stratified_sample(range(7), 8, seed=0)
 
 
-def test_bn_momentum_for_steps():
-    assert bn_momentum_for_steps(100) == pytest.approx(0.9)
-    assert bn_momentum_for_steps(1000) == pytest.approx(0.99)
-    assert bn_momentum_for_steps(50000) == pytest.approx(0.99)
-    assert bn_momentum_for_steps(10) == pytest.approx(0.5)
+def _tiny_space(filters=8):
+    from oneshot_tf import config as config_lib
+    cfg = config_lib.resolve("tiny", {"filters": filters})
+    ds = pipeline.load_data(cfg)
+    space, _ = registry.get("oneshot").build(cfg, ds)
+    return space, ds
 
 
 def test_short_run_is_far_above_chance(tmp_path):
-    """130 steps: with Keras's default BN momentum 0.99 the moving statistics
-    are still mostly their initial values and test accuracy is at chance
-    (0.1); the momentum chosen from the step count gives far above it."""
-    from oneshot_tf import config as config_lib
-    cfg = config_lib.resolve("tiny", {"filters": 8})
-    ds = pipeline.load_data(cfg)
-    space, _ = registry.get("oneshot").build(cfg, ds)
+    """130 steps at Keras's default BN momentum 0.99: with the moving
+    averages as trained, test accuracy is at chance (0.1); with the
+    statistics recomputed after training it is far above."""
+    space, ds = _tiny_space()
     arch = space.sample_at(0, 0)
     accuracy = {}
-    for momentum in (0.0, 0.99):  # 0: chosen from the step count
-        training = TruthTraining(batch_size=32, learning_rate=0.1, augment=False, bn_momentum=momentum)
+    for examples in (0, 512):
+        training = TruthTraining(batch_size=32, learning_rate=0.1, augment=False, bn_momentum=0.99,
+                                 bn_examples=examples)
         result = train_candidate(space, arch, ds, steps=130, seed=1, training=training,
-                                 work_dir=str(tmp_path / str(momentum)))
-        accuracy[momentum] = result["test_accuracy"]
-        assert result["bn_momentum"] == pytest.approx(momentum or bn_momentum_for_steps(130))
-    assert accuracy[0.0] > 0.6 and accuracy[0.99] < 0.3, accuracy
+                                 work_dir=str(tmp_path / str(examples)))
+        accuracy[examples] = result["test_accuracy"]
+    assert accuracy[512] > 0.6 and accuracy[0] < 0.3, accuracy
+
+
+def test_recompute_batch_norm_sets_the_batch_statistics():
+    import keras
+    x = np.arange(24, dtype=np.float32).reshape(6, 4) ** 1.5
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.99)(keras.layers.Dense(3)(inp)))
+    h = x @ model.layers[1].kernel.numpy() + model.layers[1].bias.numpy()
+    assert recompute_batch_norm(model, x) == 1
+    bn = model.layers[2]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_runs_of_one_candidate_share_one_trace_and_equal_fresh_runs(tmp_path):
+    space, ds = _tiny_space(filters=4)
+    arch = space.sample_at(0, 1)
+    training = TruthTraining(batch_size=32, augment=True, bn_examples=256)
+    trainer = CandidateTrainer(space, arch, ds, training)
+    first = trainer.run(steps=8, seed=3, work_dir=str(tmp_path / "a"))
+    second = trainer.run(steps=5, seed=4, work_dir=str(tmp_path / "b"))
+    assert trainer.task._compiled.train_step.experimental_get_tracing_count() == 1
+    weights = [w.copy() for w in trainer.model.get_weights()]
+    fresh = CandidateTrainer(space, arch, ds, training)
+    again = fresh.run(steps=5, seed=4, work_dir=str(tmp_path / "c"))
+    for k in ("validation_accuracy", "test_accuracy", "train_accuracy_last_step"):
+        assert again[k] == second[k], k
+    for a, b in zip(weights, fresh.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert first["params"] == second["params"]
 
 
 def test_cache_refuses_a_file_of_another_job(tmp_path):

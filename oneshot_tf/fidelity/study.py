@@ -41,7 +41,7 @@ from oneshot_tf import io_utils
 from oneshot_tf import registry
 from oneshot_tf.config import setting
 from oneshot_tf.fidelity import stats
-from oneshot_tf.fidelity.ground_truth import ResultCache, TruthTraining, build_seeded, train_candidate
+from oneshot_tf.fidelity.ground_truth import ResultCache, TruthTraining, build_seeded
 from oneshot_tf.search_space import StandaloneOptions, canonical_json
 
 #: The baselines a study can compute (``--baselines``).
@@ -68,9 +68,12 @@ class StudySettings:
     truth_learning_rate: float = setting(0.1, "Initial learning rate of ground-truth and SGD-baseline runs.",
                                          low=0.0, low_open=True)
     truth_weight_decay: float = setting(1e-4, "L2 coefficient of ground-truth and SGD-baseline runs.", low=0.0)
-    truth_bn_momentum: float = setting(0.0, "BN momentum of those runs (0: chosen from the step count, "
-                                            "1 - clip(10 / steps, 0.01, 0.5)).", low=0.0, high=1.0,
-                                       high_open=True)
+    truth_bn_momentum: float = setting(0.9, "BN momentum while training those runs (their statistics are "
+                                            "recomputed after training, see --truth_bn_examples).", low=0.0,
+                                       high=1.0, high_open=True)
+    truth_bn_examples: int = setting(1024, "Training images (a fixed draw) on which every BN layer's statistics "
+                                           "are recomputed after a stand-alone run, with its final weights (0: "
+                                           "keep the moving averages).", low=0)
     truth_metric: str = setting("test", "The ground truth: stand-alone accuracy on the test split, or on the "
                                         "validation split (the one proxies score on).", choices=TRUTH_METRICS)
     baselines: str = setting(",".join(BASELINES), "Comma-separated baselines: params, flops, synflow, naswot "
@@ -91,7 +94,7 @@ class StudySettings:
 STUDY_PRESETS = {
     # The embedded digits at 8x8 (their native size), on 2 CPU cores within 15 minutes.
     "quick": dict(image_size=8, validation_size=320, num_candidates=200, num_truth=20, truth_epochs=8.0,
-                  truth_seeds=2, sgd_steps="10,50", truth_workers=2, augment=False),
+                  truth_seeds=2, sgd_steps="10,50", truth_workers=2),
     # For tests: seconds.
     "tiny": dict(num_candidates=8, num_truth=4, truth_epochs=0.25, truth_seeds=2, truth_batch_size=32,
                  sgd_steps="2", zero_cost_batch=16, top_k=2, bootstrap=50),
@@ -250,7 +253,7 @@ class FidelityStudy:
                                  f"methods on one space")
         self.training = TruthTraining(batch_size=study.truth_batch_size, learning_rate=study.truth_learning_rate,
                                       weight_decay=study.truth_weight_decay, bn_momentum=study.truth_bn_momentum,
-                                      augment=first.augment)
+                                      bn_examples=study.truth_bn_examples, augment=first.augment)
         self.truth_steps = max(1, int(math.ceil(study.truth_epochs * len(self.dataset.x_train)
                                                 / study.truth_batch_size)))
         if study.truth_batch_size > len(self.dataset.x_train):
@@ -379,52 +382,67 @@ class FidelityStudy:
         return {"kind": "train", "arch": cand["id"], "space": self.space.get_config(), "data": self._data_key(),
                 "seed": int(seed), "training": self.training.key(steps)}
 
-    def run_jobs(self, jobs: Sequence[Tuple[Dict[str, Any], Dict[str, Any], int, int]], what: str):
-        """Train every ``(job, candidate, steps, seed)`` not cached yet
-        (``--truth_workers`` at once); returns ``{cache key: result or
-        exception}`` for every job."""
+    def run_jobs(self, jobs: Sequence[Tuple[Dict[str, Any], Dict[str, Any], int, int]]):
+        """Train every ``(job, candidate, steps, seed)`` not cached yet;
+        returns ``{cache key: result or exception}`` for every job.  The runs
+        of one candidate go to one ``CandidateTrainer`` in one thread (one
+        set of traces); ``--truth_workers`` candidates train at once."""
         import keras
-        from oneshot_tf.fidelity.ground_truth import cache_key
-        results, todo = {}, []
+        from oneshot_tf.fidelity.ground_truth import CandidateTrainer, cache_key
+        results, groups = {}, {}
         for job, cand, steps, seed in jobs:
             hit = self.cache.get(job)
             if hit is None:
-                todo.append((job, cand, steps, seed))
+                groups.setdefault(cand["id"], []).append((job, cand, steps, seed))
             else:
                 results[cache_key(job)] = hit
+        todo = sum(len(g) for g in groups.values())
         if not todo:
             return results
-        logging.info("%s: %d stand-alone runs to train (%d cached)", what, len(todo), len(jobs) - len(todo))
+        logging.info("%d stand-alone runs of %d candidates to train (%d cached)", todo, len(groups),
+                     len(jobs) - todo)
 
-        def work(item):
-            job, cand, steps, seed = item
-            key = cache_key(job)
-            work_dir = self.path("truth", "work", key)
-            result = train_candidate(self.space, cand["_arch"], self.dataset, steps=steps, seed=seed,
-                                     training=self.training, work_dir=work_dir,
-                                     checkpoint_every=self.cfgs[0].checkpoint_every)
-            self.cache.put(job, result)
-            io_utils.remove(work_dir)
-            return result
-
-        bar = keras.utils.Progbar(len(todo), verbose=1 if self.verbose else 0, unit_name="run")
-        with concurrent.futures.ThreadPoolExecutor(self.study.truth_workers) as pool:
-            futures = {pool.submit(work, item): cache_key(item[0]) for item in todo}
-            for future in concurrent.futures.as_completed(futures):
+        def work(group):
+            trainer = CandidateTrainer(self.space, group[0][1]["_arch"], self.dataset, self.training)
+            out = {}
+            for job, cand, steps, seed in group:
+                key = cache_key(job)
+                work_dir = self.path("truth", "work", key)
                 try:
-                    results[futures[future]] = future.result()
-                except Exception as e:
-                    logging.exception("%s: a stand-alone run failed", what)
-                    results[futures[future]] = e
-                bar.add(1)
+                    result = trainer.run(steps=steps, seed=seed, work_dir=work_dir,
+                                         checkpoint_every=self.cfgs[0].checkpoint_every)
+                except Exception as e:  # reported by the row (or the ground truth) it belongs to
+                    logging.exception("stand-alone run of candidate %s (seed %d, %d steps) failed",
+                                      cand["id"], seed, steps)
+                    out[key] = e
+                    continue
+                self.cache.put(job, result)
+                io_utils.remove(work_dir)
+                out[key] = result
+            return out
+
+        bar = keras.utils.Progbar(todo, verbose=1 if self.verbose else 0, unit_name="run")
+        with concurrent.futures.ThreadPoolExecutor(self.study.truth_workers) as pool:
+            futures = {pool.submit(work, group): len(group) for group in groups.values()}
+            for future in concurrent.futures.as_completed(futures):
+                results.update(future.result())
+                bar.add(futures[future])
         return results
 
-    def ground_truth(self, truth_cands) -> np.ndarray:
+    def truth_jobs(self, truth_cands):
+        return [(self._job(c, self.truth_steps, s), c, self.truth_steps, s)
+                for c in truth_cands for s in self.truth_seeds()]
+
+    def sgd_jobs(self, truth_cands):
+        if "sgd" not in self.baselines:
+            return []
+        seed = self.sgd_seed()
+        return [(self._job(c, k, seed), c, k, seed) for k in self.sgd_steps for c in truth_cands]
+
+    def ground_truth(self, truth_cands, results) -> np.ndarray:
         """``[M, S]`` accuracies (``--truth_metric``) of the M candidates."""
         from oneshot_tf.fidelity.ground_truth import cache_key
-        jobs = [(self._job(c, self.truth_steps, s), c, self.truth_steps, s)
-                for c in truth_cands for s in self.truth_seeds()]
-        results = self.run_jobs(jobs, "ground truth")
+        jobs = self.truth_jobs(truth_cands)
         failed = [(job["arch"], job["seed"], results[cache_key(job)]) for job, *_ in jobs
                   if isinstance(results[cache_key(job)], Exception)]
         if failed:
@@ -437,14 +455,12 @@ class FidelityStudy:
         self._truth_seconds = float(np.mean([results[cache_key(j)]["seconds"] for j, *_ in jobs])) * s
         return np.array([results[cache_key(j)][metric] for j, *_ in jobs], np.float64).reshape(-1, s)
 
-    def sgd_rows(self, truth_cands) -> List[Row]:
+    def sgd_rows(self, truth_cands, results) -> List[Row]:
         from oneshot_tf.fidelity.ground_truth import cache_key
-        seed = self.sgd_seed()
-        jobs = [(self._job(c, k, seed), c, k, seed) for k in self.sgd_steps for c in truth_cands]
-        results = self.run_jobs(jobs, "SGD baselines")
+        jobs = self.sgd_jobs(truth_cands)
         rows = []
         m = len(truth_cands)
-        for i, k in enumerate(self.sgd_steps):
+        for i, k in enumerate(self.sgd_steps if jobs else ()):
             mine = [results[cache_key(j)] for j, *_ in jobs[i * m:(i + 1) * m]]
             errors = [r for r in mine if isinstance(r, Exception)]
             if errors:
@@ -518,7 +534,8 @@ class FidelityStudy:
         else:
             picks = stratified_sample(scored[by].all_scores, m, self.cfgs[0].seed, [c["id"] for c in candidates])
         truth_cands = [candidates[i] for i in picks]
-        truth = self.ground_truth(truth_cands)
+        results = self.run_jobs(self.truth_jobs(truth_cands) + self.sgd_jobs(truth_cands))
+        truth = self.ground_truth(truth_cands, results)
         rows = []
         for r in method_rows:
             if not r.error:
@@ -532,8 +549,7 @@ class FidelityStudy:
                 rows.append(Row(b, "baseline", scores=np.array([c[b] for c in truth_cands], np.float64),
                                 seconds_per_candidate=float(np.mean([c["_seconds"][b] for c in truth_cands]))))
         rows += self.zero_cost_rows(truth_cands)
-        if "sgd" in self.baselines:
-            rows += self.sgd_rows(truth_cands)
+        rows += self.sgd_rows(truth_cands, results)
         y = truth.mean(axis=1)
         for r in rows:
             if not r.error:
