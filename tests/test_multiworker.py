@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # two worker processes: CI's integration step
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -248,6 +248,7 @@ def test_oneshot_mixed_compiled_static_shapes(mixed, reference):
     _assert_close(got.numpy(), _call(reference, x, im, om).numpy(), precision)
 
 
+@pytest.mark.integration  # an XLA compile
 def test_oneshot_bfloat16_xla_training_step(reference):
     """The TPU configuration: mixed_bfloat16, static_shapes, one XLA-compiled
     forward/backward pass with an input and ops that no ghost batch keeps."""

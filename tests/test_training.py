@@ -488,6 +488,7 @@ def test_resume_data_order_depends_only_on_config_seed(tmp_path):
         float(a.model.trainable_variables[0].numpy()[0, 0]), rel=1e-6)
 
 
+@pytest.mark.integration  # a training subprocess signalled mid-run
 def test_sigterm_leaves_a_resumable_checkpoint(tmp_path):
     """Preemption: SIGTERM to a training process makes tf.distribute's
     preemption handler save the current step; the binary exits with the

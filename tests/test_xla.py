@@ -8,6 +8,8 @@ from oneshot_tf import config as config_lib
 from oneshot_tf import pipeline, registry
 from oneshot_tf.scoring import CandidateScorer
 
+pytestmark = pytest.mark.integration  # XLA compiles: CI's integration step
+
 
 @pytest.mark.parametrize("method", registry.names())
 def test_training_and_scoring_steps_compile_with_xla(method, tmp_path, monkeypatch):
