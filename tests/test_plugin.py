@@ -341,3 +341,19 @@ def test_methods_of_other_packages_register_through_entry_points(tmp_path, monke
         registry.unregister("from_entry_point")
         sys.modules.pop("ep_method", None)
         sys.modules.pop("ep_broken", None)
+
+
+def test_the_fidelity_study_serves_the_method_by_its_registration(tmp_path):
+    """The study names no method: the toy joins by being registered (its own
+    space, no KL score, one seed: the ceiling is unknown and says so)."""
+    import csv
+    from oneshot_tf.fidelity import study as study_lib
+    study, cfgs = study_lib.resolve("tiny", {"methods": NAME, "truth_seeds": 1, "baselines": "params,naswot",
+                                             "truth_epochs": 0.1, "num_candidates": 6})
+    out = study_lib.FidelityStudy(study, cfgs, str(tmp_path), verbose=False).run()
+    with open(tmp_path / "fidelity.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [NAME, "params", "naswot", "ceiling (seed vs seed)"]
+    assert rows[NAME]["error"] == "" and rows[NAME]["n"] == "4"
+    assert rows["ceiling (seed vs seed)"]["pearson"] == "nan" and out["truth"].shape == (4, 1)
+    assert "unknown: one seed per candidate" in (tmp_path / "fidelity.md").read_text()

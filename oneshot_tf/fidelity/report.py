@@ -17,7 +17,7 @@ from oneshot_tf import plots
 COLUMNS = ("name", "kind", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi",
            "kendall", "kendall_lo", "kendall_hi", "top_half_pearson", "top_half_spearman", "top_half_kendall",
            "precision_at_k", "top_k", "top1_accuracy", "best_accuracy", "median_accuracy", "vs_params",
-           "vs_params_lo", "vs_params_hi", "spearman_brown", "seed_std", "seeds", "train_seconds",
+           "vs_params_lo", "vs_params_hi", "spearman_brown", "mean_ceiling", "seed_std", "seeds", "train_seconds",
            "seconds_per_candidate", "error")
 
 
@@ -78,8 +78,9 @@ def markdown(rows, summary, title: str) -> str:
             else:
                 lines.append(
                     f"| {r.name} | {st['n']} | {_ci(st, 'pearson')} | {_ci(st, 'spearman')} | {_ci(st, 'kendall')} "
-                    f"| {st['seeds']}-seed mean's reliability (Spearman-Brown) {_num(st.get('spearman_brown'))}; "
-                    f"seed std {_num(st.get('seed_std'), 4)} | | | | | {_seconds(r.seconds_per_candidate)} |")
+                    f"| {st['seeds']}-seed mean's reliability (Spearman-Brown) {_num(st.get('spearman_brown'))}, "
+                    f"so a score correlates with it at most ~{_num(st.get('mean_ceiling'), 2)}; seed std "
+                    f"{_num(st.get('seed_std'), 4)} | | | | | {_seconds(r.seconds_per_candidate)} |")
             continue
         if "pearson" not in st:
             lines.append(f"| {r.name} | {st.get('n')} | {st.get('note', '')} | | | | | | | | |")
@@ -95,8 +96,10 @@ def markdown(rows, summary, title: str) -> str:
                       f"KL to its reference architectures (training images, no labels) against its validation "
                       f"accuracy: Pearson {_num(kl['pearson'])}, Spearman {_num(kl['spearman'])}, Kendall "
                       f"{_num(kl['kendall'])} (negative: lower KL, higher accuracy). Row {name}_kl ranks by -KL."]
-    lines += ["", "A score that does not beat params is not ranking anything; none can beat the ceiling, the "
-                  "ground truth's agreement with itself.", f"Study time: {s['seconds']:.0f} s.", ""]
+    lines += ["", "A score that does not beat params is not ranking anything. The ceiling row compares single seeds "
+                  "of the ground truth; the ground truth is their mean, more reliable (Spearman-Brown), and no "
+                  "score's correlation with it can exceed about the square root of that reliability beyond the "
+                  "sampling noise of M candidates.", f"This run of the study took {s['seconds']:.0f} s (cached results are reused, not retrained).", ""]
     return "\n".join(lines)
 
 

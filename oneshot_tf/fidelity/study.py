@@ -631,6 +631,9 @@ def ceiling_stats(truth: np.ndarray, *, bootstrap: int, seed: int) -> Dict[str, 
     noise; with one seed, unknown (NaN)."""
     out: Dict[str, Any] = dict(stats.seed_ceiling(truth))
     out["n"] = int(truth.shape[0])
+    # the most any score can correlate with the seed mean (classical test theory: sqrt of its reliability)
+    sb = out.get("spearman_brown", math.nan)
+    out["mean_ceiling"] = math.sqrt(sb) if np.isfinite(sb) and sb > 0 else math.nan
     if truth.shape[1] >= 2 and bootstrap:
         for name, fn in (("pearson", stats.pearson), ("spearman", stats.spearman), ("kendall", stats.kendall)):
             out[f"{name}_lo"], out[f"{name}_hi"] = stats.bootstrap_ci(fn, truth[:, 0], truth[:, 1],
