@@ -166,7 +166,7 @@ def make_optimizer(cfg: TrainConfig, *, reusable: bool = False) -> keras.optimiz
     loss scaling when the global Keras policy is ``mixed_float16``.
 
     ``reusable``: the cosine schedules keep their initial rate and step
-    count in variables (``_set_schedule`` gives them a new run's values, and
+    count in variables (``_Compiled.start`` gives them a new run's values, and
     a compiled step that reads them needs no new trace)."""
     if reusable and cfg.lr_schedule in ("cosine", "cosine_floor"):
         lr = keras.optimizers.schedules.CosineDecay(

@@ -109,7 +109,8 @@ def method_names(text: str) -> List[str]:
     """The methods of ``--methods`` (registered, distinct; empty: the default)."""
     names = [n.strip() for n in str(text).split(",") if n.strip()] or [registry.get("").name]
     for n in names:
-        registry.get(n)  # an unknown one: ValueError listing the registered ones
+        if n not in registry.names():
+            raise ValueError(f"--methods={text!r}: unknown method {n!r}; available: {', '.join(registry.names())}")
     if len(set(names)) != len(names):
         raise ValueError(f"--methods={text!r} names a method twice")
     return names
