@@ -1,0 +1,145 @@
+"""The graph network of a Graph HyperNetwork (Zhang et al., ICLR 2019), on
+TensorFlow ops: node embeddings updated by a GRU from messages of an MLP,
+synchronously or in the paper's forward-backward order (section 4.4).
+
+Graphs enter as padded tensors, so one traced function serves graphs of any
+size and several graphs per call:
+
+* ``h`` ``[B, N, D]``: initial node embeddings (padding rows are ignored);
+* ``adjacency`` ``[B, N, N]``: ``adjacency[b, u, v] = 1`` for an edge
+  ``u -> v`` (activations flow from u to v), 0 elsewhere and for padding;
+* ``levels`` ``[B, N]`` int: a node's topological level (0 for sources; each
+  edge goes from a lower level to a higher one), -1 for padding.
+
+Forward-backward propagation updates nodes in topological order, each from
+its predecessors' current embeddings, then in reverse order, each from its
+successors' (the order of a backward pass); ``passes`` repeats it.  As in
+equation 15 the forward half updates every node (a source from an empty
+message); the backward half updates the nodes that have successors (a sink
+has nothing to receive; equation 15 would update the sinks other than the
+last one visited from an empty message, which depends on the tie order).  The
+paper (and ppuda's GatedGNN) visit one node per step, ``2|V| - 1`` steps.
+Nodes of one level share no edge, so updating a whole level at once gives
+exactly the node-by-node result in as many steps as there are levels:
+``levels`` may be any topological levelling, and numbering the nodes in a
+topological order (one node per level) is the node-by-node scheme itself.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+PROPAGATIONS = ("forward_backward", "synchronous")
+
+
+class GatedGraphNetwork(keras.layers.Layer):
+    """Message passing over padded DAGs; returns the final embeddings ``[B, N, D]``.
+
+    ``messages``: hidden sizes of the message MLP (ReLU between layers, the
+    last one linear to the embedding size); the update is a GRU cell of the
+    embedding size (the paper: embeddings of 32, a 2 x 32 message MLP).
+    ``propagation``: ``forward_backward`` (the paper's) or ``synchronous``
+    (every node at once from its predecessors, ``steps`` times).  A padding
+    node's embedding is returned unchanged; a node without predecessors
+    (or, backward, successors) receives a zero message.
+    """
+
+    def __init__(self, units: int = 32, messages=(32, 32), propagation: str = "forward_backward",
+                 passes: int = 1, steps: int = 5, **kwargs):
+        super().__init__(**kwargs)
+        if propagation not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {propagation!r}")
+        if int(passes) < 1 or int(steps) < 1:
+            raise ValueError(f"passes and steps must be >= 1, got {passes} and {steps}")
+        self.units, self.messages = int(units), tuple(int(m) for m in messages)
+        self.propagation, self.passes, self.steps = propagation, int(passes), int(steps)
+        self.message_layers = [keras.layers.Dense(m, activation="relu", name=f"message_{i}")
+                               for i, m in enumerate(self.messages)]
+        self.message_out = keras.layers.Dense(self.units, name="message_out")
+        self.gru = keras.layers.GRUCell(self.units, name="update")
+
+    def build(self, input_shape):
+        h_shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(
+            input_shape[0], (list, tuple)) else input_shape
+        d = int(h_shape[-1])
+        if d != self.units:
+            raise ValueError(f"node embeddings have {d} features, the network {self.units} units")
+        shape = (None, d)
+        for layer in self.message_layers:
+            layer.build(shape)
+            shape = (None, layer.units)
+        self.message_out.build(shape)
+        self.gru.build((None, self.units))
+        self.built = True
+
+    def _message(self, h):
+        x = h
+        for layer in self.message_layers:
+            x = layer(x)
+        return self.message_out(x)
+
+    def _update(self, h, adjacency, update_mask):
+        """Nodes where ``update_mask`` ``[B, N]`` is true take the GRU of
+        their incoming messages along ``adjacency`` ``[B, N(src), N(dst)]``."""
+        b, n = tf.shape(h)[0], tf.shape(h)[1]
+        flat = tf.reshape(h, [-1, self.units])
+        m = tf.reshape(self._message(flat), [b, n, self.units])
+        incoming = tf.linalg.matmul(adjacency, m, transpose_a=True)  # [B, N(dst), D]: sum over sources
+        new, _ = self.gru(tf.reshape(incoming, [-1, self.units]), [flat])
+        new = tf.reshape(new, [b, n, self.units])
+        return tf.where(update_mask[..., None], new, h)
+
+    def call(self, inputs):
+        h, adjacency, levels = inputs
+        h = tf.convert_to_tensor(h)
+        adjacency = tf.cast(adjacency, h.dtype)
+        levels = tf.cast(levels, tf.int32)
+        real = levels >= 0
+        if self.propagation == "synchronous":
+            for _ in range(self.steps):
+                h = self._update(h, adjacency, real)
+            return h
+        top = tf.reduce_max(levels)  # the deepest level over the batch
+        reverse = tf.transpose(adjacency, [0, 2, 1])
+        has_successor = tf.reduce_any(adjacency > 0, axis=2)
+        for _ in range(self.passes):
+            h = tf.while_loop(lambda l, h: l <= top,
+                              lambda l, h: (l + 1, self._update(h, adjacency, tf.equal(levels, l))),
+                              (tf.constant(0), h))[1]
+            # backward: from the second deepest level down, each node with successors from them
+            h = tf.while_loop(lambda l, h: l >= 0,
+                              lambda l, h: (l - 1, self._update(h, reverse, tf.equal(levels, l) & has_successor)),
+                              (top - 1, h))[1]
+        return h
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "messages": list(self.messages),
+                "propagation": self.propagation, "passes": self.passes, "steps": self.steps}
+
+
+def topological_levels(adjacency) -> "list[int]":
+    """Longest-path levels of a DAG given as an ``[N, N]`` 0/1 matrix
+    (``adjacency[u][v]``: edge u -> v); raises ValueError naming a node on a
+    cycle."""
+    import numpy as np
+    a = np.asarray(adjacency) != 0
+    n = a.shape[0]
+    if a.shape != (n, n):
+        raise ValueError(f"adjacency must be square, got shape {a.shape}")
+    indegree = a.sum(0).astype(int)
+    level = [0] * n
+    ready = [v for v in range(n) if indegree[v] == 0]
+    seen = 0
+    while ready:
+        u = ready.pop()
+        seen += 1
+        for v in np.flatnonzero(a[u]):
+            level[v] = max(level[v], level[u] + 1)
+            indegree[v] -= 1
+            if indegree[v] == 0:
+                ready.append(int(v))
+    if seen < n:
+        cyclic = int(np.flatnonzero(indegree > 0)[0])
+        raise ValueError(f"the graph has a cycle through node {cyclic}")
+    return level
