@@ -147,3 +147,13 @@ def test_bad_inputs_are_named():
     assert topological_levels(np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0]])) == [0, 1, 2]
     config = GatedGraphNetwork(units=8, propagation="synchronous", steps=3).get_config()
     assert GatedGraphNetwork.from_config(config).get_config() == config
+
+
+def test_a_levelling_with_empty_levels_runs_no_layer_on_them(gnn):
+    """Levels 0, 2, 4 on a chain (1 and 3 empty) give what 0, 1, 2 give."""
+    a = np.zeros((3, 3), np.float32)
+    a[0, 1] = a[1, 2] = 1
+    h = np.random.default_rng(5).normal(size=(1, 3, D)).astype(np.float32)
+    compact = gnn((h, a[None], np.array([[0, 1, 2]], np.int32))).numpy()
+    gapped = gnn((h, a[None], np.array([[0, 2, 4]], np.int32))).numpy()
+    np.testing.assert_allclose(gapped, compact, rtol=1e-6, atol=1e-7)

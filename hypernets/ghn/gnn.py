@@ -90,6 +90,22 @@ class GatedGraphNetwork(keras.layers.Layer):
         new = tf.reshape(new, [b, n, self.units])
         return tf.where(update_mask[..., None], new, h)
 
+    def _level_step(self, h, messages, weights, update_mask):
+        """Update only the nodes of ``update_mask`` ``[B, N]`` (a level),
+        each from the cached messages of the nodes ``weights`` ``[B, N(v),
+        N(u)]`` connects it to, and refresh their messages in the cache.  A
+        level with no node to update (possible under a levelling other than
+        the longest-path one) runs no layer: layers never see empty batches."""
+        idx = tf.where(update_mask)                                      # [K, 2]: (graph, node)
+
+        def step():
+            incoming = tf.einsum("kn,knd->kd", tf.gather_nd(weights, idx), tf.gather(messages, idx[:, 0]))
+            new, _ = self.gru(incoming, [tf.gather_nd(h, idx)])
+            return (tf.tensor_scatter_nd_update(h, idx, new),
+                    tf.tensor_scatter_nd_update(messages, idx, self._message(new)))
+
+        return tf.cond(tf.shape(idx)[0] > 0, step, lambda: (h, messages))
+
     def call(self, inputs):
         h, adjacency, levels = inputs
         h = tf.convert_to_tensor(h)
@@ -101,16 +117,20 @@ class GatedGraphNetwork(keras.layers.Layer):
                 h = self._update(h, adjacency, real)
             return h
         top = tf.reduce_max(levels)  # the deepest level over the batch
-        reverse = tf.transpose(adjacency, [0, 2, 1])
+        predecessors = tf.transpose(adjacency, [0, 2, 1])  # [B, v, u]: edge u -> v
         has_successor = tf.reduce_any(adjacency > 0, axis=2)
+        b, n = tf.shape(h)[0], tf.shape(h)[1]
         for _ in range(self.passes):
-            h = tf.while_loop(lambda l, h: l <= top,
-                              lambda l, h: (l + 1, self._update(h, adjacency, tf.equal(levels, l))),
-                              (tf.constant(0), h))[1]
+            messages = tf.reshape(self._message(tf.reshape(h, [-1, self.units])), [b, n, self.units])
+            h, messages = tf.while_loop(
+                lambda l, h, m: l <= top,
+                lambda l, h, m: (l + 1, *self._level_step(h, m, predecessors, tf.equal(levels, l))),
+                (tf.constant(0), h, messages))[1:]
             # backward: from the second deepest level down, each node with successors from them
-            h = tf.while_loop(lambda l, h: l >= 0,
-                              lambda l, h: (l - 1, self._update(h, reverse, tf.equal(levels, l) & has_successor)),
-                              (top - 1, h))[1]
+            h = tf.while_loop(
+                lambda l, h, m: l >= 0,
+                lambda l, h, m: (l - 1, *self._level_step(h, m, adjacency, tf.equal(levels, l) & has_successor)),
+                (top - 1, h, messages))[1]
         return h
 
     def get_config(self):
