@@ -237,3 +237,18 @@ def test_cache_refuses_a_file_of_another_job(tmp_path):
     io_utils.write_json(cache.path({"a": 3}), {"job": {"a": 4}, "result": {}})
     with pytest.raises(RuntimeError, match="holds another job's result"):
         cache.get({"a": 3})
+
+
+def test_paired_difference_against_a_baseline():
+    y = np.array([0.1, 0.4, 0.2, 0.9, 0.5, 0.7])
+    d, lo, hi = study_lib.paired_difference(y, y, y, bootstrap=200, seed=0)
+    assert (d, lo, hi) == (0.0, 0.0, 0.0)  # a score against itself: every resample differs by 0
+    d, lo, hi = study_lib.paired_difference(y, -y, y, bootstrap=200, seed=0)
+    assert d == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    noisy = y + np.array([0.3, -0.2, 0.25, -0.3, 0.1, -0.1])
+    d, lo, hi = study_lib.paired_difference(y, noisy, y, bootstrap=200, seed=0)
+    assert d == pytest.approx(1.0 - stats.spearman(noisy, y)) and lo <= d <= hi
+    # a non-finite score leaves its candidate out of both
+    a = y.copy()
+    a[0] = np.nan
+    assert study_lib.paired_difference(a, y, y, bootstrap=0, seed=0)[0] == pytest.approx(0.0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -41,7 +40,7 @@ from oneshot_tf import io_utils
 from oneshot_tf import registry
 from oneshot_tf.config import setting
 from oneshot_tf.fidelity import stats
-from oneshot_tf.fidelity.ground_truth import ResultCache, TruthTraining, build_seeded
+from oneshot_tf.fidelity.ground_truth import CandidateTrainer, ResultCache, TruthTraining, build_seeded, cache_key
 from oneshot_tf.search_space import StandaloneOptions, canonical_json
 
 #: The baselines a study can compute (``--baselines``).
@@ -177,7 +176,7 @@ def resolve(preset: str, overrides: Dict[str, Any]) -> Tuple[StudySettings, List
 
 
 def _short_hash(obj) -> str:
-    return hashlib.sha1(canonical_json(obj).encode()).hexdigest()[:8]
+    return cache_key(obj)[:8]
 
 
 def stratified_sample(scores: Sequence[float], m: int, seed: int,
@@ -389,7 +388,6 @@ class FidelityStudy:
         of one candidate go to one ``CandidateTrainer`` in one thread (one
         set of traces); ``--truth_workers`` candidates train at once."""
         import keras
-        from oneshot_tf.fidelity.ground_truth import CandidateTrainer, cache_key
         results, groups = {}, {}
         for job, cand, steps, seed in jobs:
             hit = self.cache.get(job)
@@ -442,7 +440,6 @@ class FidelityStudy:
 
     def ground_truth(self, truth_cands, results) -> np.ndarray:
         """``[M, S]`` accuracies (``--truth_metric``) of the M candidates."""
-        from oneshot_tf.fidelity.ground_truth import cache_key
         jobs = self.truth_jobs(truth_cands)
         failed = [(job["arch"], job["seed"], results[cache_key(job)]) for job, *_ in jobs
                   if isinstance(results[cache_key(job)], Exception)]
@@ -457,7 +454,6 @@ class FidelityStudy:
         return np.array([results[cache_key(j)][metric] for j, *_ in jobs], np.float64).reshape(-1, s)
 
     def sgd_rows(self, truth_cands, results) -> List[Row]:
-        from oneshot_tf.fidelity.ground_truth import cache_key
         jobs = self.sgd_jobs(truth_cands)
         rows = []
         m = len(truth_cands)
@@ -613,17 +609,13 @@ def paired_difference(a, b, truth, *, bootstrap: int, seed: int) -> Tuple[float,
     d = stats.spearman(a, y) - stats.spearman(b, y)
     if not bootstrap:
         return d, math.nan, math.nan
-    rng = np.random.default_rng([int(seed), 14])
-    ds = []
-    for _ in range(bootstrap):
-        i = rng.integers(0, len(y), len(y))
-        v = stats.spearman(a[i], y[i]) - stats.spearman(b[i], y[i])
-        if np.isfinite(v):
-            ds.append(v)
-    if len(ds) < bootstrap / 2:
-        return d, math.nan, math.nan
-    lo, hi = np.percentile(ds, [2.5, 97.5])
-    return d, float(lo), float(hi)
+
+    def diff(i, yi):  # i: resampled candidate positions (the same for both scores)
+        i = i.astype(int)
+        return stats.spearman(a[i], yi) - stats.spearman(b[i], yi)
+
+    lo, hi = stats.bootstrap_ci(diff, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
+    return d, lo, hi
 
 
 def ceiling_stats(truth: np.ndarray, *, bootstrap: int, seed: int) -> Dict[str, Any]:
