@@ -17,8 +17,9 @@ from oneshot_tf.config import setting
 
 
 @dataclasses.dataclass
-class OneShotSettings:
-    """The cell search space and the one-shot proxy's own settings."""
+class CellSpaceSettings:
+    """The cell search space's settings (shared with methods that search the
+    same space, such as GHN over ``--space=cell``)."""
 
     num_cells: int = setting(6, "Cells in the network.", low=1)
     num_stages: int = setting(3, "Stages; between stages a fixed reduction (BN-ReLU, 2x2 average pooling with "
@@ -26,6 +27,23 @@ class OneShotSettings:
                                  "previous states.", low=1)
     filters: int = setting(16, "F: filters per choice block in the first stage (doubled every stage).", low=1)
     num_blocks: int = setting(4, "N_choice: choice blocks per cell.", low=1)
+
+    def check(self):
+        if self.num_stages > self.num_cells:
+            raise ValueError(f"--num_stages={self.num_stages} exceeds --num_cells={self.num_cells}: every stage "
+                             f"needs a cell")
+
+    def cell_space(self):
+        """The ``CellSearchSpace`` of these settings."""
+        from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+        return CellSearchSpace(num_cells=self.num_cells, num_stages=self.num_stages, filters=self.filters,
+                               num_blocks=self.num_blocks)
+
+
+@dataclasses.dataclass
+class OneShotSettings(CellSpaceSettings):
+    """The cell search space and the one-shot proxy's own settings."""
+
     ghost_batch_size: int = setting(32, "Examples per ghost batch (own BN statistics and own path-dropout "
                                         "decisions); also the scoring group.", low=1)
     drop_rate: float = setting(0.1, "r: path-dropout coefficient; the final drop rate of a path is r**(1/k), k "
@@ -37,19 +55,12 @@ class OneShotSettings:
                                            "r=1e-8, one per group of KL examples, seeded) or all_on (every path "
                                            "on).", choices=("dropout", "all_on"))
 
-    def check(self):
-        if self.num_stages > self.num_cells:
-            raise ValueError(f"--num_stages={self.num_stages} exceeds --num_cells={self.num_cells}: every stage "
-                             f"needs a cell")
-
 
 def build(cfg, dataset):
     """The cell space and the one-shot proxy of ``cfg.settings``."""
-    from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
     from oneshot_tf.methods.oneshot.proxy import OneShotProxy
     s = cfg.settings
-    space = CellSearchSpace(num_cells=s.num_cells, num_stages=s.num_stages, filters=s.filters,
-                            num_blocks=s.num_blocks)
+    space = s.cell_space()
     mean, std = dataset.channel_stats()
     proxy = OneShotProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
                          mean=mean, std=std, ghost_batch_size=s.ghost_batch_size, drop_rate=s.drop_rate,
