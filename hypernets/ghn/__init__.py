@@ -1,4 +1,97 @@
-"""Graph HyperNetworks (Zhang et al., ICLR 2019), in progress: ``gnn`` holds
-the graph network (GRU updates from MLP messages over padded DAGs,
-forward-backward level by level, or synchronous).  The method is not
-registered yet (no search space, hypernet or proxy)."""
+"""Graph HyperNetworks (Zhang et al., *Graph HyperNetworks for Neural
+Architecture Search*, ICLR 2019): a graph network over a candidate's
+computation graph, and a hypernet that turns every node's embedding into
+that node's parameters, trained on a fresh random architecture every step;
+a candidate's score is its accuracy with the generated weights.
+
+* ``gnn``: the graph network (GRU updates from MLP messages over padded
+  DAGs; forward-backward level by level, or synchronous);
+* ``network_graph``: an architecture's whole network as a padded graph;
+* ``hypernet``: the shared MLP with one output branch per kind of parameter;
+* ``proxy``: ``GHNProxy``, trained and scored through the package's one
+  training loop and scorer.
+
+Registers as ``ghn``.  Search space: ``--space=cell``, the one-shot method's
+cell space, so GHN and one-shot score the same candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from oneshot_tf import registry
+from oneshot_tf.config import setting
+from oneshot_tf.methods.oneshot import CellSpaceSettings
+
+SPACES = ("cell",)
+
+
+@dataclasses.dataclass
+class GHNSettings(CellSpaceSettings):
+    """The searched space (the cell space's settings) and the GHN's own."""
+
+    space: str = setting("cell", "Search space: cell (the one-shot method's cell space, --num_cells, "
+                                 "--num_stages, --filters, --num_blocks: the same candidates as --method=oneshot).",
+                         choices=SPACES)
+    group_size: int = setting(32, "Examples per batch-normalization group of a generated network (batch "
+                                  "statistics with generated gamma/beta, in training and scoring); also the "
+                                  "scoring group.", low=1)
+    meta_batch: int = setting(1, "Architectures per training step (GHN-2's meta-batch; 1: the paper's), each on "
+                                 "an equal share of the batch.", low=1)
+    gnn_units: int = setting(32, "Node embedding size and GRU units of the graph network.", low=1)
+    message_units: int = setting(32, "Units of the two-layer message MLP.", low=1)
+    hypernet_units: int = setting(64, "Units of the two-layer hypernet MLP shared by all nodes.", low=1)
+    propagation: str = setting("forward_backward", "Graph propagation: forward_backward (topological order, "
+                                                   "then reverse, level by level) or synchronous.",
+                               choices=("forward_backward", "synchronous"))
+    passes: int = setting(1, "T: forward-backward passes.", low=1)
+    sync_steps: int = setting(5, "Steps of --propagation=synchronous.", low=1)
+    chunk_channels: int = setting(16, "Channels a hypernet branch generates; wider tensors tile them (GHN-2).",
+                                  low=1)
+    weight_normalization: str = setting("fan_in", "Scale of generated kernels: fan_in (GHN-2: x sqrt(2 / "
+                                                  "fan_in)) or none (the paper's raw outputs).",
+                                        choices=("fan_in", "none"))
+
+
+def build(cfg, dataset):
+    """The searched space and the (untrained) GHN proxy of ``cfg.settings``."""
+    from hypernets.ghn.proxy import GHNProxy
+    s = cfg.settings
+    space = s.cell_space()
+    mean, std = dataset.channel_stats()
+    proxy = GHNProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes, mean=mean, std=std,
+                     group_size=s.group_size, meta_batch=s.meta_batch, units=s.gnn_units,
+                     message_units=s.message_units, hypernet_units=s.hypernet_units, propagation=s.propagation,
+                     passes=s.passes, steps=s.sync_steps, chunk_channels=s.chunk_channels,
+                     normalization=s.weight_normalization, static_shapes=bool(cfg.jit_compile))
+    return space, proxy
+
+
+_QUICK_SPACE = dict(dataset="digits", image_size=16, validation_size=320, num_cells=3, num_stages=2, filters=8)
+
+PRESETS = {
+    # The whole pipeline on the embedded digits in minutes on 2 CPU cores
+    # (the one-shot quick preset's space and candidates).
+    "quick": dict(**_QUICK_SPACE, train_steps=1500, batch_size=64, num_candidates=64, candidates_per_pass=8,
+                  num_winners=2, retrain_steps=500, retrain_batch_size=64, retrain_learning_rate=0.05,
+                  bn_momentum=0.9, checkpoint_every=100, log_every=50, intra_op_threads=1),
+    # For tests: one cell, a few steps.
+    "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=1, num_stages=1, filters=4,
+                 num_blocks=2, train_steps=6, batch_size=32, num_candidates=6, candidates_per_pass=4,
+                 kl_examples=0, num_winners=2, retrain_steps=6, retrain_batch_size=32, checkpoint_every=3,
+                 log_every=2),
+    # The paper's CIFAR-10 settings (section 5.2, appendix 7.2) on the cell
+    # space of the one-shot paper preset: 200 epochs of 45k images at batch
+    # 64 (140,625 steps), Adam 1e-3 halved at epochs 100 and 150, T = 5
+    # forward-backward passes; 1000 candidates, the top 10 retrained.
+    "paper": dict(dataset="cifar10", image_size=0, num_cells=6, num_stages=3, filters=16, train_steps=140625,
+                  batch_size=64, passes=5, num_candidates=1000, candidates_per_pass=8, num_winners=10,
+                  retrain_width=4.0, retrain_steps=105469, retrain_batch_size=128, retrain_learning_rate=0.1,
+                  retrain_weight_decay=1e-4, bn_momentum=0.99, checkpoint_every=1000, log_every=100),
+}
+
+METHOD = registry.register(registry.Method(
+    name="ghn", description="Graph HyperNetwork (Zhang et al., ICLR 2019)", settings=GHNSettings, build=build,
+    presets=PRESETS,
+    defaults=dict(optimizer="adam", learning_rate=1e-3, lr_schedule="step", lr_decay_at="0.5,0.75",
+                  lr_decay_factor=0.5, kl_examples=0)))

@@ -42,11 +42,13 @@ class GatedGraphNetwork(keras.layers.Layer):
     ``propagation``: ``forward_backward`` (the paper's) or ``synchronous``
     (every node at once from its predecessors, ``steps`` times).  A padding
     node's embedding is returned unchanged; a node without predecessors
-    (or, backward, successors) receives a zero message.
+    (or, backward, successors) receives a zero message.  ``static_shapes``
+    (for XLA): a level step computes the GRU for every node and keeps the
+    level's, instead of gathering the level's nodes (the same values).
     """
 
     def __init__(self, units: int = 32, messages=(32, 32), propagation: str = "forward_backward",
-                 passes: int = 1, steps: int = 5, **kwargs):
+                 passes: int = 1, steps: int = 5, static_shapes: bool = False, **kwargs):
         super().__init__(**kwargs)
         if propagation not in PROPAGATIONS:
             raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {propagation!r}")
@@ -54,6 +56,7 @@ class GatedGraphNetwork(keras.layers.Layer):
             raise ValueError(f"passes and steps must be >= 1, got {passes} and {steps}")
         self.units, self.messages = int(units), tuple(int(m) for m in messages)
         self.propagation, self.passes, self.steps = propagation, int(passes), int(steps)
+        self.static_shapes = bool(static_shapes)
         self.message_layers = [keras.layers.Dense(m, activation="relu", name=f"message_{i}")
                                for i, m in enumerate(self.messages)]
         self.message_out = keras.layers.Dense(self.units, name="message_out")
@@ -96,6 +99,8 @@ class GatedGraphNetwork(keras.layers.Layer):
         N(u)]`` connects it to, and refresh their messages in the cache.  A
         level with no node to update (possible under a levelling other than
         the longest-path one) runs no layer: layers never see empty batches."""
+        if self.static_shapes:  # XLA: every node computed, the level's kept (the same values)
+            return self._update(h, tf.transpose(weights, [0, 2, 1]), update_mask), messages
         idx = tf.where(update_mask)                                      # [K, 2]: (graph, node)
 
         def step():
@@ -135,7 +140,8 @@ class GatedGraphNetwork(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "messages": list(self.messages),
-                "propagation": self.propagation, "passes": self.passes, "steps": self.steps}
+                "propagation": self.propagation, "passes": self.passes, "steps": self.steps,
+                "static_shapes": self.static_shapes}
 
 
 def topological_levels(adjacency) -> "list[int]":

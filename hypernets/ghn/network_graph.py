@@ -1,0 +1,177 @@
+"""The whole network of a one-shot cell-space architecture as a padded graph
+for the Graph HyperNetwork.
+
+GHN (Zhang et al., 2019, section 4.1) represents an architecture as a DAG
+whose nodes are operators and whose edges carry activations; the GHN's graph
+network runs on it and a hypernet turns every node's final embedding into
+that node's parameters.  To generate **every** weight of a candidate (stem,
+reductions and head too), the graph here is the whole network, every cell
+unrolled (GHN-2's choice; the paper's stacked GHN over repeated modules is
+an alternative), with these node types (``NODE_TYPES``):
+
+* ``stem`` (the 3x3 convolution), ``reduce`` (a stage's BN-ReLU-pool-1x1
+  reduction of one state), ``head`` (BN-ReLU-pool-dense);
+* per cell and choice block ``i``: ``block_conv`` (the concatenation of the
+  chosen inputs, BN-ReLU-1x1 convolution), one node per op of the space
+  (``identity``, ``sep3x3``, ...), ``sum`` (the sum of two ops);
+* per cell ``concat`` (the cell's output).
+
+Every node that any architecture can have owns a fixed *slot* (index) in the
+padded graph, so the node type of a slot, and which of the one-shot model's
+variables it generates, never change: an architecture decides which slots
+are present and how they are connected.  ``encode`` gives, as fixed-shape
+float32 arrays (one traced step serves every candidate):
+
+* ``adjacency`` ``[N, N]`` (``u -> v``), ``levels`` ``[N]`` (longest-path
+  topological level, ``-1`` for an absent slot);
+* ``edge_source`` ``[cells, blocks, max_inputs]``: the slot whose output is
+  input ``j`` of block ``i`` in cell ``c``, ``-1`` where not chosen (the
+  block's 1x1 convolution rows for an input are generated from that edge,
+  the appendix's edge activations for a varying number of inputs);
+* ``input_mask``, ``op_mask``: the space's own encoding (the one-shot model
+  that runs the generated network reads them).
+
+A slot is present when the stand-alone network computes it: it lies on a
+path to the head (a reduction of a state no cell reads is absent, as are the
+ops a block does not choose and a ``sum`` of a single op).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from hypernets.ghn.gnn import topological_levels
+from oneshot_tf.methods.oneshot.cell_space import OPS, CellArchitecture, CellSearchSpace
+
+#: Node types, in the order of the one-hot vector a node starts from.
+NODE_TYPES: Tuple[str, ...] = ("stem", "reduce", "head", "block_conv") + tuple(OPS) + ("sum", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One node the network can have: its type and where it sits (``cell``,
+    ``block``: -1 outside cells; ``plan``: the index of its node in
+    ``space.plan``)."""
+
+    type: str
+    plan: int
+    cell: int = -1
+    block: int = -1
+
+
+class CellNetworkGraph:
+    """Slots and the ``encode`` of ``space`` (a ``CellSearchSpace``) on
+    ``input_shape`` (see the module docstring)."""
+
+    def __init__(self, space: CellSearchSpace, input_shape: Sequence[int]):
+        self.space = space
+        self.plan = space.plan(tuple(int(d) for d in input_shape))
+        self.slots: List[Slot] = []
+        self.output_slot: List[int] = []          # per plan node: the slot holding its output
+        self.conv_slot: List[List[int]] = []      # [cell][block]
+        self.op_slot: List[List[List[int]]] = []  # [cell][block][op]
+        self.sum_slot: List[List[int]] = []
+        self.cell_plan: List[int] = []            # plan index of each cell
+        for p, node in enumerate(self.plan):
+            if node.kind != "cell":
+                self.output_slot.append(self._add(Slot(node.kind, p)))
+                continue
+            c = len(self.cell_plan)
+            self.cell_plan.append(p)
+            convs, ops, sums = [], [], []
+            for i in range(space.num_blocks):
+                convs.append(self._add(Slot("block_conv", p, c, i)))
+                ops.append([self._add(Slot(op, p, c, i)) for op in space.ops])
+                sums.append(self._add(Slot("sum", p, c, i)))
+            self.conv_slot.append(convs)
+            self.op_slot.append(ops)
+            self.sum_slot.append(sums)
+            self.output_slot.append(self._add(Slot("concat", p, c)))
+        self.head_slot = self.output_slot[-1]
+
+    def _add(self, slot: Slot) -> int:
+        self.slots.append(slot)
+        return len(self.slots) - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.slots)
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.cell_plan)
+
+    def node_types(self) -> np.ndarray:
+        """``[N]`` int32: each slot's index in ``NODE_TYPES``."""
+        return np.array([NODE_TYPES.index(s.type) for s in self.slots], np.int32)
+
+    def edges(self, arch: CellArchitecture) -> Tuple[np.ndarray, np.ndarray]:
+        """``(adjacency [N, N] bool, edge_source [cells, blocks, max_inputs]
+        int)`` of ``arch`` over every slot (before absent slots are removed)."""
+        space = self.space
+        n = self.num_nodes
+        adj = np.zeros((n, n), bool)
+        src = -np.ones((self.num_cells, space.num_blocks, space.max_inputs), np.int64)
+        c = 0
+        for p, node in enumerate(self.plan):
+            if node.kind in ("reduce", "head"):
+                adj[self.output_slot[node.deps[0]], self.output_slot[p]] = True
+            if node.kind != "cell":
+                continue
+            sources = [self.output_slot[d] for d in node.deps]
+            concat = self.output_slot[p]
+            for i, block in enumerate(arch.blocks):
+                conv = self.conv_slot[c][i]
+                for j in block.inputs:
+                    adj[sources[j], conv] = True
+                    src[c, i, j] = sources[j]
+                chosen = [self.op_slot[c][i][space.ops.index(op)] for op in block.ops]
+                for o in chosen:
+                    adj[conv, o] = True
+                if len(chosen) == 1:
+                    out = chosen[0]
+                else:
+                    out = self.sum_slot[c][i]
+                    for o in chosen:
+                        adj[o, out] = True
+                sources.append(out)
+                adj[out, concat] = True
+            c += 1
+        return adj, src
+
+    def present(self, adjacency: np.ndarray) -> np.ndarray:
+        """``[N]`` bool: the slots with a path to the head (and the head)."""
+        keep = np.zeros(self.num_nodes, bool)
+        keep[self.head_slot] = True
+        frontier = [self.head_slot]
+        while frontier:
+            v = frontier.pop()
+            for u in np.flatnonzero(adjacency[:, v]):
+                if not keep[u]:
+                    keep[u] = True
+                    frontier.append(int(u))
+        return keep
+
+    def encode(self, arch: CellArchitecture) -> Dict[str, np.ndarray]:
+        """The fixed-shape float32 arrays of ``arch`` (module docstring)."""
+        arch = self.space.validate(arch)
+        adj, src = self.edges(arch)
+        keep = self.present(adj)
+        adj &= keep[:, None] & keep[None, :]
+        levels = np.where(keep, np.asarray(topological_levels(adj)), -1)
+        out = {"adjacency": adj.astype(np.float32), "levels": levels.astype(np.float32),
+               "edge_source": src.astype(np.float32)}
+        out.update({k: np.asarray(v, np.float32) for k, v in self.space.encode(arch).items()})
+        return out
+
+    def to_json(self, arch: CellArchitecture) -> Dict[str, object]:
+        """The present nodes and edges of ``arch`` as ``{"nodes": [{"id",
+        "type"}], "edges": [[u, v]]}`` (slot indices as ids; for plots and
+        debugging)."""
+        enc = self.encode(arch)
+        present = np.flatnonzero(enc["levels"] >= 0)
+        return {"nodes": [{"id": int(s), "type": self.slots[s].type} for s in present],
+                "edges": [[int(u), int(v)] for u, v in zip(*np.nonzero(enc["adjacency"]))]}

@@ -1,0 +1,276 @@
+"""The GHN proxy: a graph hypernetwork trained on a fresh random architecture
+every step, scoring candidates with the weights it generates for them.
+
+The candidate network runs on the one-shot model of the same cell space
+(``OneShotModel``), used as an executor only: its own variables are never
+trained or saved; ``keras.Model.stateless_call`` runs it with the generated
+tensors in their place (gradients flow through them into the hypernet and
+the graph network), and its masks run the candidate's own inputs and ops
+only (each under a ``tf.cond``, so nothing runs on an empty batch).  One
+traced step serves every architecture: the architecture enters as the
+graph's tensors (``network_graph.CellNetworkGraph.encode``).
+
+Per step (``step_inputs``) the host draws ``meta_batch`` architectures from
+the space's distribution with the step's seed (a resumed run draws the same)
+and each trains on an equal share of the batch.  Batch normalization in the
+generated network uses the statistics of each group of ``group_size``
+examples, in training and in scoring alike (``hypernet`` module docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hypernets.ghn.gnn import PROPAGATIONS, GatedGraphNetwork
+from hypernets.ghn.hypernet import NORMALIZATIONS, ParamSpec, WeightGenerator
+from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
+from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+from oneshot_tf.methods.oneshot.oneshot_model import OneShotCell, OneShotModel
+from oneshot_tf.proxy import Proxy
+
+_KINDS = {"gamma": "gamma", "beta": "beta", "depthwise_kernel": "depthwise", "bias": "bias"}
+
+
+def param_specs(model: OneShotModel, graph: CellNetworkGraph) -> List[ParamSpec]:
+    """A ``ParamSpec`` for every trainable variable of ``model`` (in
+    ``model.trainable_variables`` order): which graph node generates it,
+    through which branch (role), and how a chunk is fitted to it."""
+    index = {v.path: k for k, v in enumerate(model.trainable_variables)}
+    specs: Dict[int, ParamSpec] = {}
+
+    def add(var, role, slot, edge=None):
+        kind = _KINDS.get(var.name, "kernel")
+        rank = len(var.shape)
+        if kind == "bias":
+            tile = ()
+        elif rank == 1:
+            tile = (0,)
+        elif kind == "depthwise":
+            tile = (2,)
+        elif rank == 2:           # the logits layer: its input axis only (one column per class)
+            tile = (0,)
+        else:
+            tile = (2, 3)
+        k = index[var.path]
+        specs[k] = ParamSpec(k, tuple(int(d) for d in var.shape), role, kind, slot, tile, edge)
+
+    for p, (node, layer) in enumerate(zip(graph.plan, model.node_layers)):
+        slot = graph.output_slot[p]
+        if not isinstance(layer, OneShotCell):
+            for sub in layer._sequence():
+                for var in sub.trainable_weights:
+                    add(var, f"{node.kind}/{var.name}", slot)
+            continue
+        c = graph.cell_plan.index(p)
+        for i, block in enumerate(layer.blocks):
+            conv = graph.conv_slot[c][i]
+            for var in block.input_bn.trainable_weights:
+                add(var, f"block_input/{var.name}", conv, (c, i, 0, block.candidates))
+            for var in block.input_conv.trainable_weights:
+                add(var, f"block_input/{var.name}", conv, (c, i, 2, block.candidates))
+            for op in block.ops:
+                group = "sep" if op.spec.separable else op.op
+                op_slot = graph.op_slot[c][i][graph.space.ops.index(op.op)]
+                for n, step in enumerate(op.steps):
+                    for var in step.trainable_weights:
+                        add(var, f"{group}/{n}/{var.name}", op_slot)
+    missing = [v.path for k, v in enumerate(model.trainable_variables) if k not in specs]
+    if missing:
+        raise ValueError(f"no graph node generates {missing}")
+    return [specs[k] for k in range(len(specs))]
+
+
+class GraphHyperNetwork(keras.Model):
+    """Node-type embeddings, the graph network and the hypernet: a batch of
+    encoded graphs (``adjacency``, ``levels``, ``edge_source``) to one
+    ``[B, *shape]`` tensor per ``ParamSpec``."""
+
+    def __init__(self, node_types: Sequence[int], specs, edge_destinations, *, units: int = 32,
+                 messages=(32, 32), hidden=(64, 64), propagation: str = "forward_backward", passes: int = 1,
+                 steps: int = 5, chunk_channels: int = 16, normalization: str = "fan_in",
+                 static_shapes: bool = False, **kwargs):
+        super().__init__(name=kwargs.pop("name", "ghn"), **kwargs)
+        self.node_types = [int(t) for t in node_types]
+        self.embedding = keras.layers.Embedding(len(NODE_TYPES), units, name="node_type_embedding")
+        self.gnn = GatedGraphNetwork(units, messages, propagation=propagation, passes=passes, steps=steps,
+                                     static_shapes=static_shapes, name="graph_network")
+        self.generator = WeightGenerator(specs, edge_destinations, hidden=hidden, chunk_channels=chunk_channels,
+                                         normalization=normalization, name="hypernet")
+        self._config = dict(units=units, messages=list(messages), hidden=list(hidden), propagation=propagation,
+                            passes=passes, steps=steps, chunk_channels=chunk_channels, normalization=normalization,
+                            static_shapes=static_shapes)
+
+    def embeddings(self, inputs):
+        """The final node embeddings ``[B, N, units]``."""
+        adjacency = tf.convert_to_tensor(inputs["adjacency"])
+        b = tf.shape(adjacency)[0]
+        h0 = self.embedding(tf.constant(self.node_types, tf.int32))
+        h0 = tf.tile(h0[None], [b, 1, 1])
+        return self.gnn([h0, adjacency, inputs["levels"]])
+
+    def call(self, inputs):
+        return self.generator([self.embeddings(inputs), inputs["edge_source"]])
+
+    def get_config(self):
+        return {"name": self.name, "node_types": self.node_types,
+                "specs": [s.to_json() for s in self.generator.specs],
+                "edge_destinations": list(self.generator.edge_destinations), **self._config}
+
+
+class GHNProxy(Proxy):
+    """A graph hypernetwork over ``space`` (the one-shot cell space)."""
+
+    def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
+                 mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
+                 meta_batch: int = 1, units: int = 32, message_units: int = 32, hypernet_units: int = 64,
+                 propagation: str = "forward_backward", passes: int = 1, steps: int = 5, chunk_channels: int = 16,
+                 normalization: str = "fan_in", bn_epsilon: float = 1e-3, static_shapes: bool = False):
+        if propagation not in PROPAGATIONS:
+            raise ValueError(f"unknown --propagation={propagation!r}; choose from {', '.join(PROPAGATIONS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown --weight_normalization={normalization!r}; choose from "
+                             f"{', '.join(NORMALIZATIONS)}")
+        for name, value in [("group_size", group_size), ("meta_batch", meta_batch), ("units", units),
+                            ("message_units", message_units), ("hypernet_units", hypernet_units),
+                            ("passes", passes), ("steps", steps), ("chunk_channels", chunk_channels)]:
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.space = space
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.mean, self.std = mean, std
+        self._group_size = int(group_size)
+        self.meta_batch = int(meta_batch)
+        self.units, self.message_units, self.hypernet_units = int(units), int(message_units), int(hypernet_units)
+        self.propagation, self.passes, self.steps = propagation, int(passes), int(steps)
+        self.chunk_channels, self.normalization = int(chunk_channels), normalization
+        self.bn_epsilon = float(bn_epsilon)
+        self.static_shapes = bool(static_shapes)
+        self.graph = CellNetworkGraph(space, self.input_shape)
+        self.model = None
+        self.executor = None
+
+    @property
+    def group_size(self) -> int:
+        return self._group_size
+
+    def get_config(self) -> Dict[str, Any]:
+        """What the proxy computes (a model directory keeps it); how
+        (``static_shapes``: the same values) is left out."""
+        return {"group_size": self._group_size, "meta_batch": self.meta_batch, "units": self.units,
+                "message_units": self.message_units, "hypernet_units": self.hypernet_units,
+                "propagation": self.propagation, "passes": self.passes,
+                "steps": self.steps if self.propagation == "synchronous" else None,
+                "chunk_channels": self.chunk_channels, "normalization": self.normalization,
+                "bn_epsilon": self.bn_epsilon, "graph": "network"}
+
+    def validate_batch(self, batch_size: int, num_replicas: int) -> None:
+        unit = num_replicas * self.meta_batch * self._group_size
+        if batch_size % unit:
+            raise ValueError(f"--batch_size={batch_size} must be a multiple of replicas ({num_replicas}) x "
+                             f"--meta_batch ({self.meta_batch}) x --group_size ({self._group_size}): every "
+                             f"architecture of a step trains on whole groups on every replica")
+
+    # -- model -------------------------------------------------------------
+    def build(self) -> None:
+        if self.model is not None:
+            return
+        self.executor = OneShotModel(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
+                                     mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon,
+                                     static_shapes=self.static_shapes, name="ghn_network").build_weights()
+        self.executor.trainable = True
+        specs = param_specs(self.executor, self.graph)
+        g = self.graph
+        destinations = [g.conv_slot[c][i] for c in range(g.num_cells) for i in range(self.space.num_blocks)
+                        for _ in range(self.space.max_inputs)]
+        self.model = GraphHyperNetwork(
+            g.node_types(), specs, destinations, units=self.units, messages=(self.message_units,) * 2,
+            hidden=(self.hypernet_units,) * 2, propagation=self.propagation, passes=self.passes, steps=self.steps,
+            chunk_channels=self.chunk_channels, normalization=self.normalization,
+            static_shapes=self.static_shapes)
+        self.model(self._stack([self.encode(self.space.sample(np.random.default_rng(0)))]))
+
+    @staticmethod
+    def _stack(encodings: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
+
+    def encode(self, arch) -> Dict[str, np.ndarray]:
+        """The graph of ``arch``'s whole network (``CellNetworkGraph.encode``)."""
+        return self.graph.encode(arch)
+
+    def generate(self, encodings: Mapping[str, tf.Tensor]) -> List[tf.Tensor]:
+        """Every parameter of the executor for a batch of encodings: one
+        ``[B, *variable.shape]`` tensor per trainable variable."""
+        return self.model(encodings)
+
+    def network_logits(self, values: Sequence[tf.Tensor], images, input_mask, op_mask, num_ghost: int):
+        """The candidate network of masks ``input_mask``/``op_mask`` with
+        parameters ``values`` (one per executor variable) on ``images``,
+        batch statistics per group of ``images / num_ghost`` examples."""
+        logits, _ = self.executor.stateless_call(
+            list(values), [], {"images": images, "input_mask": input_mask, "op_mask": op_mask},
+            num_ghost=int(num_ghost))
+        return tf.cast(logits, tf.float32)
+
+    # -- training ----------------------------------------------------------
+    def step_inputs(self, step: int, *, seed, progress: float, global_batch_size: int):
+        """``meta_batch`` architectures drawn from the space with the step's
+        seed, encoded and stacked (every replica trains them all)."""
+        del step, progress, global_batch_size
+        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.asarray(seed).ravel()])
+        return self._stack([self.encode(self.space.sample(rng)) for _ in range(self.meta_batch)])
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0,
+             step_inputs=None):
+        del progress, seed, replica_id
+        if step_inputs is None:
+            raise ValueError("the GHN trains on the architectures of step_inputs; none were given")
+        n = int(images.shape[0])
+        part = n // self.meta_batch
+        if part * self.meta_batch != n or part % self._group_size:
+            raise ValueError(f"a replica batch of {n} does not split into {self.meta_batch} architectures of "
+                             f"whole groups of {self._group_size}")
+        weights = self.generate(step_inputs)
+        logits = []
+        for m in range(self.meta_batch):
+            logits.append(self.network_logits([w[m] for w in weights], images[m * part:(m + 1) * part],
+                                              step_inputs["input_mask"][m], step_inputs["op_mask"][m],
+                                              part // self._group_size))
+        logits = tf.concat(logits, 0)
+        labels = tf.cast(labels, tf.int32)
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        ce = ce / global_batch_size
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        del num_replicas
+        return ce, {"cross_entropy": ce, "accuracy": correct / global_batch_size}
+
+    # -- scoring -----------------------------------------------------------
+    def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+        weights = self.generate(encodings)
+        k = int(encodings["input_mask"].shape[0])
+
+        def one(k_):
+            values = [w[k_] for w in weights]
+            im = images if shared_images else images[k_]
+            return self.network_logits(values, im, encodings["input_mask"][k_], encodings["op_mask"][k_],
+                                       num_ghost)
+
+        if k == 1:
+            return one(0)[None]
+        return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)
+
+    def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
+        """Each candidate's generated network on all ``images`` (an in-graph
+        loop over candidates; the GHN runs once for all of them)."""
+        return self._per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
+
+    def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
+        k = int(encodings["input_mask"].shape[0])
+        n = int(images.shape[0]) // k
+        per = tf.reshape(images, [k, n] + list(images.shape[1:]))
+        out = self._per_candidate(per, encodings, max(1, n // self._group_size), False)
+        return tf.reshape(out, [k * n, -1])
