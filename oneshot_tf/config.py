@@ -114,6 +114,12 @@ class RunConfig:
                                   "score.", choices=RANKINGS)
     small_percentile: float = setting(90.0, "Score percentile a candidate must reach for --ranking=small.",
                                       low=0.0, high=100.0)
+    best_of: int = setting(0, "GHN Top-Best (the GHN paper's Table 2), for any method: train the --best_of "
+                              "best-ranked candidates stand-alone for --best_of_steps each and retrain the "
+                              "--num_winners best of them by validation accuracy (0: off; otherwise at least "
+                              "--num_winners).", low=0)
+    best_of_steps: int = setting(100, "Training steps of each short run of --best_of (SGD with Nesterov, "
+                                      "cosine, the retraining settings, at the searched width).", low=1)
     retrain_width: float = setting(1.0, "Width multiplier of the retrained stand-alone models over the "
                                         "searched space (space.widened: for the cell space, F x this).",
                                    low=0.0, low_open=True)
@@ -249,6 +255,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     the generic fields, then the method's (``check_fields`` and the settings'
     own ``check()``, if it has one, for relations between its fields)."""
     check_fields(cfg)
+    if cfg.best_of and cfg.best_of < cfg.num_winners:
+        raise ValueError(f"--best_of={cfg.best_of} must be 0 (off) or at least --num_winners={cfg.num_winners}")
     if cfg.lr_schedule == "step":
         cfg.lr_decay_fractions()
     if cfg.settings is not None:

@@ -13,6 +13,7 @@ Layout of a model directory::
     candidates.jsonl     one JSON object per scored candidate
     score/               TensorBoard: histograms of candidate scores, the plot below
     candidates.png       score histogram, score vs parameters, KL vs score
+    best_of/<id>/        with --best_of: each short-listed candidate's brief run (brief.json, ckpt/, train/)
     winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
     results.json         the winners' ranks, ids, scores and test accuracies
 """
@@ -35,7 +36,7 @@ from oneshot_tf import io_utils
 from oneshot_tf import plots
 from oneshot_tf import precision
 from oneshot_tf import registry
-from oneshot_tf.retrain import retrain_and_export
+from oneshot_tf.retrain import brief_train, retrain_and_export
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
@@ -263,8 +264,30 @@ class SearchRun:
         store = CandidateStore(self.candidates_path)
         if not store.records:
             raise RuntimeError(f"no scored candidates in {self.candidates_path}; run experiments.score first")
-        ranked = rank_candidates(store.records, self.cfg.ranking, self.cfg.small_percentile)
-        return ranked[: self.cfg.num_winners]
+        c = self.cfg
+        ranked = rank_candidates(store.records, c.ranking, c.small_percentile)
+        if not c.best_of:
+            return ranked[: c.num_winners]
+        return self.best_of(ranked[: c.best_of])[: c.num_winners]
+
+    def best_of(self, shortlist: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """GHN Top-Best: each of ``shortlist`` trained briefly stand-alone
+        (``DIR/best_of/<id>/``, resumable; finished runs are not repeated),
+        reordered by validation accuracy (ties: the earlier-ranked first).
+        Each record gains ``brief_validation_accuracy``."""
+        c = self.cfg
+        out = []
+        for position, rec in enumerate(shortlist):
+            arch = self.space.from_json(rec["architecture"])
+            logging.info("best of %d: brief training of %s (%d steps)", len(shortlist), rec["id"], c.best_of_steps)
+            brief = brief_train(self.space, arch, self.dataset, io_utils.join(self.model_dir, "best_of", rec["id"]),
+                                self._train_config(c.best_of_steps, c.retrain_batch_size, c.retrain_learning_rate,
+                                                   seed_offset=1000 + position),
+                                options=self.standalone_options(), weight_decay=c.retrain_weight_decay,
+                                strategy=self.strategy, write=self.chief)
+            out.append((-brief["validation_accuracy"], position,
+                        {**rec, "brief_validation_accuracy": brief["validation_accuracy"]}))
+        return [rec for _, _, rec in sorted(out, key=lambda t: t[:2])]
 
     def retrain(self) -> List[Dict[str, Any]]:
         c = self.cfg
@@ -280,7 +303,8 @@ class SearchRun:
                 width_multiplier=c.retrain_width, options=self.standalone_options(),
                 weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
                 extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
-                               "proxy_kl": rec.get("kl"), "ranking": c.ranking})
+                               "proxy_kl": rec.get("kl"), "ranking": c.ranking,
+                               "brief_validation_accuracy": rec.get("brief_validation_accuracy")})
             results.append({"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
                             "test_accuracy": metrics["test_accuracy"], "params": metrics["params"]})
         if self.chief:

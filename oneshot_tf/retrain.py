@@ -66,6 +66,49 @@ def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_si
     return correct / len(x)
 
 
+def _train_standalone(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, options, weight_decay, strategy,
+                      write: bool, description: str):
+    """``space.build_model(arch)`` trained by ``cfg`` with checkpoints in
+    ``out_dir/ckpt`` (resumable); returns the model and the last step's
+    metrics."""
+    if options is None:
+        mean, std = dataset.channel_stats()
+        options = StandaloneOptions(mean=mean, std=std)
+    shape, classes = dataset.image_shape, dataset.num_classes
+
+    def build():
+        return space.build_model(arch, input_shape=shape, num_classes=classes, options=options)
+
+    task = StandaloneTask(build, weight_decay=weight_decay)
+    last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),
+                 strategy=strategy, summary_dir=io_utils.join(out_dir, "train") if write else None,
+                 description=description)
+    return task.model, last
+
+
+def brief_train(space, arch, dataset, out_dir: str, cfg: TrainConfig, *,
+                options: Optional[StandaloneOptions] = None, weight_decay: float = 1e-4, strategy=None,
+                write: bool = True) -> Dict[str, Any]:
+    """The short stand-alone run of GHN Top-Best (``--best_of``): ``arch``
+    at the searched width trained by ``cfg`` (resumable in ``out_dir/ckpt``),
+    then its validation accuracy.  Leaves ``out_dir/brief.json``; a finished
+    directory returns it without training."""
+    path = io_utils.join(out_dir, "brief.json")
+    if tf.io.gfile.exists(path):
+        return io_utils.read_json(path)
+    t0 = time.time()
+    model, last = _train_standalone(space, arch, dataset, out_dir, cfg, options=options,
+                                    weight_decay=weight_decay, strategy=strategy, write=write,
+                                    description=f"brief training {out_dir}")
+    result = {"id": space.arch_id(arch), "validation_accuracy": evaluate_accuracy(model, dataset.x_val,
+                                                                                  dataset.y_val),
+              "train_accuracy_last_step": last.get("accuracy"), "train_steps": cfg.steps,
+              "train_seconds": round(time.time() - t0, 1)}
+    if write:
+        io_utils.write_json(path, result)
+    return result
+
+
 def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, width_multiplier: float = 1.0,
                        options: Optional[StandaloneOptions] = None, weight_decay: float = 1e-4, strategy=None,
                        extra_metrics: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
@@ -88,21 +131,12 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     if write:
         io_utils.write_json(io_utils.join(out_dir, "architecture.json"), space.to_json(arch))
     target = space.widened(width_multiplier)
-    if options is None:
-        mean, std = dataset.channel_stats()
-        options = StandaloneOptions(mean=mean, std=std)
     shape, classes = dataset.image_shape, dataset.num_classes
-
-    def build():
-        return target.build_model(arch, input_shape=shape, num_classes=classes, options=options)
-
-    task = StandaloneTask(build, weight_decay=weight_decay)
     t0 = time.time()
-    last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),
-                 strategy=strategy, summary_dir=io_utils.join(out_dir, "train") if write else None,
-                 description=f"retrain {out_dir}")
+    model, last = _train_standalone(target, arch, dataset, out_dir, cfg, options=options,
+                                    weight_decay=weight_decay, strategy=strategy, write=write,
+                                    description=f"retrain {out_dir}")
     train_seconds = time.time() - t0
-    model = task.model
     metrics = {
         "test_accuracy": evaluate_accuracy(model, dataset.x_test, dataset.y_test),
         "validation_accuracy": evaluate_accuracy(model, dataset.x_val, dataset.y_val),

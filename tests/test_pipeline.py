@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from oneshot_tf import config as config_lib
 from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf import retrain as retrain_lib
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.pipeline import ProxyNotTrainedError, SearchRun
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, candidate_record, rank_candidates
@@ -462,7 +463,7 @@ def test_cli_reads_the_method_before_defining_its_flags(capsys):
     with pytest.raises(SystemExit) as info:
         common.define_flags(["run", "--method=darts"])
     assert info.value.code == 1
-    assert capsys.readouterr().err == "error: unknown --method='darts'; available: oneshot\n"
+    assert capsys.readouterr().err == "error: unknown --method='darts'; available: ghn, oneshot\n"
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +504,7 @@ def test_rank_unknown_mode_raises():
 @pytest.mark.parametrize("override,message", [
     ({"search": "bayes"}, r"unknown --search='bayes'; choose from random, refine, evolution"),
     ({"ranking": "best"}, r"^unknown --ranking='best'; choose from top, small$"),
-    ({"method": "darts"}, r"^unknown --method='darts'; available: oneshot"),
+    ({"method": "darts"}, r"^unknown --method='darts'; available: ghn, oneshot$"),
     ({"precision": "float64"}, r"^unknown --precision='float64'; choose from float32, mixed_bfloat16, mixed_float16$"),
     ({"batch_size": 48}, r"--batch_size=48 must be a multiple of replicas \(1\) x --ghost_batch_size \(32\)"),
     ({"lr_schedule": "linear"}, r"^unknown --lr_schedule='linear'; choose from cosine, constant, cosine_floor, step$"),
@@ -529,6 +530,8 @@ def test_rank_unknown_mode_raises():
     ({"retrain_batch_size": 0}, r"^--retrain_batch_size=0 is out of range: it must be >= 1$"),
     ({"checkpoint_every": 0}, r"^--checkpoint_every=0 is out of range: it must be >= 1$"),
     ({"num_stages": 3}, r"^--num_stages=3 exceeds --num_cells=1: every stage needs a cell$"),
+    ({"best_of": 1, "num_winners": 2}, r"^--best_of=1 must be 0 \(off\) or at least --num_winners=2$"),
+    ({"best_of_steps": 0}, r"^--best_of_steps=0 is out of range: it must be >= 1$"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, override, message):
     model_dir = str(tmp_path / "run")
@@ -677,3 +680,53 @@ def test_growing_num_candidates_continues_the_search(e2e, tmp_path, monkeypatch)
     ids = [r["id"] for r in _read_jsonl(model_dir / "candidates.jsonl")]
     assert ids[:4] == first and sum(scored) == 2  # only the two new candidates were scored
     assert ids == [run.space.arch_id(a) for a in run.space.sample_unique(6, seed=run.cfg.seed + 1)]
+
+
+def _scored_copy(e2e, tmp_path):
+    """A fresh directory with the binary's trained proxy and scored candidates."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    shutil.copytree(e2e / "proxy", model_dir / "proxy")
+    shutil.copy(e2e / "candidates.jsonl", model_dir / "candidates.jsonl")
+    return model_dir
+
+
+def test_best_of_reorders_the_shortlist_by_brief_validation_accuracy(e2e, tmp_path, monkeypatch):
+    model_dir = _scored_copy(e2e, tmp_path)
+    run = SearchRun(config_lib.resolve("tiny", {"best_of": 3, "num_winners": 2}), str(model_dir), verbose=False)
+    ranked = rank_candidates(_read_jsonl(model_dir / "candidates.jsonl"), "top")
+    ids = [r["id"] for r in ranked[:3]]
+    accuracy = {ids[0]: 0.5, ids[1]: 0.7, ids[2]: 0.7}   # a tie: the better-scored one first
+    calls = []
+
+    def fake_brief(space, arch, dataset, out_dir, cfg, **kw):
+        calls.append((space.arch_id(arch), out_dir, cfg.steps))
+        return {"validation_accuracy": accuracy[space.arch_id(arch)]}
+
+    monkeypatch.setattr(pipeline, "brief_train", fake_brief)
+    winners = run.winners()
+    assert [w["id"] for w in winners] == [ids[1], ids[2]]
+    assert [w["brief_validation_accuracy"] for w in winners] == [0.7, 0.7]
+    assert [c[0] for c in calls] == ids                     # the top 3 by score, each once
+    assert calls[0][1] == os.path.join(str(model_dir), "best_of", ids[0]) and calls[0][2] == 100
+
+
+def test_best_of_trains_briefly_retrains_the_best_and_resumes(e2e, tmp_path, monkeypatch):
+    model_dir = _scored_copy(e2e, tmp_path)
+    flags = {"best_of": 2, "num_winners": 1, "best_of_steps": 2, "retrain_steps": 2}
+    results = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False).retrain()
+    ranked = rank_candidates(_read_jsonl(model_dir / "candidates.jsonl"), "top")
+    briefs = [io_utils.read_json(str(model_dir / "best_of" / r["id"] / "brief.json")) for r in ranked[:2]]
+    assert [b["id"] for b in briefs] == [r["id"] for r in ranked[:2]]
+    assert all(b["train_steps"] == 2 and 0.0 <= b["validation_accuracy"] <= 1.0 for b in briefs)
+    best = max(range(2), key=lambda i: (briefs[i]["validation_accuracy"], -i))
+    metrics = io_utils.read_json(str(model_dir / "winners" / "1" / "metrics.json"))
+    assert results[0]["id"] == metrics["id"] == briefs[best]["id"]
+    assert metrics["brief_validation_accuracy"] == briefs[best]["validation_accuracy"]
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(retrain_lib, "train", no_training)
+    again = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False).retrain()
+    assert again == results
