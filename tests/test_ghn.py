@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from hypernets.ghn import GHNSettings
+from hypernets.ghn.gnn import virtual_edges
 from hypernets.ghn.hypernet import ParamSpec, WeightGenerator, chunk_shapes, fit
 from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
 from hypernets.ghn.proxy import GHNProxy
@@ -239,3 +240,24 @@ def test_bad_settings_are_refused_by_name(space):
     with pytest.raises(ValueError, match="--num_stages=3 exceeds --num_cells=1"):
         config_lib.validate(cfg)
     assert isinstance(cfg.settings, GHNSettings) and cfg.optimizer == "adam" and cfg.lr_schedule == "step"
+
+
+def test_virtual_edges_reach_the_graph_network(space):
+    """--virtual_edges=s: the encoding carries the shortest-path edges of the
+    present graph up to s hops, and the virtual-edge MLP is trained."""
+    p = GHNProxy(space, input_shape=SHAPE, num_classes=3, group_size=4, chunk_channels=4, virtual_edges=3)
+    p.build()
+    a = arch(((1,), ("sep3x3",)), ((0, 2), ("identity", "maxpool3x3")))
+    enc = p.encode(a)
+    np.testing.assert_array_equal(enc["virtual"], virtual_edges(enc["adjacency"], cutoff=3))
+    assert set(np.unique(enc["virtual"]).tolist()) == {0.0, 0.5, float(np.float32(1 / 3))}
+    images = tf.cast(tf.random.uniform((4,) + SHAPE, 0, 255, seed=7), tf.uint8)
+    with tf.GradientTape() as tape:
+        loss, _ = p.loss(images, tf.constant([0, 1, 2, 0]), progress=0.0, seed=None, global_batch_size=4,
+                         num_replicas=1, step_inputs=p._stack([enc]))
+    grads = tape.gradient(loss, p.trainable_variables)
+    virtual = [float(tf.norm(g)) for v, g in zip(p.trainable_variables, grads) if "virtual_message" in v.path]
+    assert len(virtual) == 6 and min(virtual) > 0      # 2 hidden layers + output, kernels and biases
+    assert p.get_config()["virtual_edges"] == 3
+    with pytest.raises(ValueError, match=r"^virtual_edges must be >= 0 \(0: none\), got -1$"):
+        GHNProxy(space, input_shape=SHAPE, num_classes=3, virtual_edges=-1)

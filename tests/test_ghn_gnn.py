@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hypernets.ghn.gnn import GatedGraphNetwork, topological_levels
+from hypernets.ghn.gnn import GatedGraphNetwork, topological_levels, virtual_edges
 
 D = 8
 
@@ -157,3 +157,81 @@ def test_a_levelling_with_empty_levels_runs_no_layer_on_them(gnn):
     compact = gnn((h, a[None], np.array([[0, 1, 2]], np.int32))).numpy()
     gapped = gnn((h, a[None], np.array([[0, 2, 4]], np.int32))).numpy()
     np.testing.assert_allclose(gapped, compact, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# GHN-2's virtual edges
+# ---------------------------------------------------------------------------
+
+
+def test_virtual_edges_by_hand():
+    # 0 -> 1 -> 2 -> 3 -> 4, and 0 -> 2: shortest paths 0->3 is 2, 0->4 is 3, 1->3 and 2->4 are 2, 1->4 is 3
+    a = np.zeros((5, 5), np.float32)
+    a[0, 1] = a[1, 2] = a[2, 3] = a[3, 4] = a[0, 2] = 1
+    expected = np.zeros((5, 5), np.float32)
+    expected[0, 3] = expected[1, 3] = expected[2, 4] = 1 / 2
+    expected[0, 4] = expected[1, 4] = 1 / 3
+    np.testing.assert_array_equal(virtual_edges(a), expected)
+    expected[0, 4] = expected[1, 4] = 0.0
+    np.testing.assert_array_equal(virtual_edges(a, cutoff=2), expected)   # s <= cutoff only
+    np.testing.assert_array_equal(virtual_edges(a, cutoff=1), np.zeros((5, 5), np.float32))
+
+
+@pytest.fixture(scope="module")
+def gnn_ve():
+    layer = GatedGraphNetwork(units=D, messages=(16, 16), virtual_edges=True)
+    layer.build((None, None, D))
+    return layer
+
+
+def test_virtual_edges_level_parallel_equals_node_by_node(gnn_ve):
+    rng = np.random.default_rng(5)
+    for n in (6, 10):
+        a = random_dag(rng, n, p=0.3)
+        v = virtual_edges(a)
+        assert v.any()
+        h0 = rng.normal(size=(n, D)).astype(np.float32)
+        levels = np.array(topological_levels(a))
+        one_per_level = np.empty(n, np.int32)
+        one_per_level[topological_order(a)] = np.arange(n)
+        out = {}
+        for name, lev in (("levels", levels), ("nodes", one_per_level)):
+            with tf.GradientTape() as tape:
+                y = gnn_ve((h0[None], a[None], lev[None], v[None]))
+                loss = tf.reduce_sum(y * np.arange(D, dtype=np.float32))
+            out[name] = (y.numpy(), [g.numpy() for g in tape.gradient(loss, gnn_ve.trainable_variables)])
+        assert all(np.abs(g).sum() > 0 for g in out["levels"][1])  # the virtual-edge MLP is trained too
+        np.testing.assert_allclose(out["levels"][0], out["nodes"][0], rtol=1e-5, atol=1e-6)
+        for g1, g2 in zip(out["levels"][1], out["nodes"][1]):
+            np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_virtual_edges_synchronous_by_hand_and_zero_virtual_is_the_plain_network(gnn_ve):
+    """One synchronous step on 0 -> 1 -> 2: node 2 receives MLP(h1) + MLP_sp(h0) / 2; with no virtual
+    edge the network is the one without the option (same shared weights)."""
+    layer = GatedGraphNetwork(units=D, messages=(16, 16), propagation="synchronous", steps=1, virtual_edges=True)
+    layer.build((None, None, D))
+    layer.set_weights(gnn_ve.get_weights())
+    a = np.zeros((3, 3), np.float32)
+    a[0, 1] = a[1, 2] = 1
+    v = virtual_edges(a)
+    h = np.random.default_rng(6).normal(size=(3, D)).astype(np.float32)
+    lev = np.array([[0, 1, 2]], np.int32)
+    got = layer((h[None], a[None], lev, v[None])).numpy()[0]
+    m = layer._message(tf.constant(h)).numpy()
+    real, virtual = m[:, :D], m[:, D:]
+    incoming = np.stack([np.zeros(D, np.float32), real[0], real[1] + virtual[0] / 2])
+    np.testing.assert_allclose(got, layer.gru(tf.constant(incoming), [tf.constant(h)])[0].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    plain = GatedGraphNetwork(units=D, messages=(16, 16))
+    plain.build((None, None, D))
+    plain.set_weights([w.numpy() for w in gnn_ve.weights if "virtual" not in w.path])
+    rng = np.random.default_rng(7)
+    a = random_dag(rng, 8)
+    h = rng.normal(size=(8, D)).astype(np.float32)
+    lev = np.array(topological_levels(a), np.int32)
+    np.testing.assert_allclose(gnn_ve((h[None], a[None], lev[None], np.zeros((1, 8, 8), np.float32))).numpy(),
+                               plain((h[None], a[None], lev[None])).numpy(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"takes \[h, adjacency, levels, virtual\] \(virtual_edges=True\), "
+                                         r"got 3 inputs"):
+        gnn_ve((h[None], a[None], lev[None]))

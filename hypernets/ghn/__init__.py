@@ -48,6 +48,9 @@ class GHNSettings(CellSpaceSettings):
     sync_steps: int = setting(5, "Steps of --propagation=synchronous.", low=1)
     chunk_channels: int = setting(16, "Channels a hypernet branch generates; wider tensors tile them (GHN-2).",
                                   low=1)
+    virtual_edges: int = setting(0, "GHN-2's virtual edges: each node also hears the nodes up to this many hops "
+                                    "before it (after it, backward) through a second message MLP, weighted "
+                                    "1 / hops (0: off, the paper's; GHN-2 uses 50).", low=0)
     weight_normalization: str = setting("fan_in", "Scale of generated kernels: fan_in (GHN-2: x sqrt(2 / "
                                                   "fan_in)) or none (the paper's raw outputs).",
                                         choices=("fan_in", "none"))
@@ -63,7 +66,8 @@ def build(cfg, dataset):
                      group_size=s.group_size, meta_batch=s.meta_batch, units=s.gnn_units,
                      message_units=s.message_units, hypernet_units=s.hypernet_units, propagation=s.propagation,
                      passes=s.passes, steps=s.sync_steps, chunk_channels=s.chunk_channels,
-                     normalization=s.weight_normalization, static_shapes=bool(cfg.jit_compile))
+                     normalization=s.weight_normalization, static_shapes=bool(cfg.jit_compile),
+                     virtual_edges=s.virtual_edges)
     return space, proxy
 
 

@@ -9,7 +9,13 @@ size and several graphs per call:
 * ``adjacency`` ``[B, N, N]``: ``adjacency[b, u, v] = 1`` for an edge
   ``u -> v`` (activations flow from u to v), 0 elsewhere and for padding;
 * ``levels`` ``[B, N]`` int: a node's topological level (0 for sources; each
-  edge goes from a lower level to a higher one), -1 for padding.
+  edge goes from a lower level to a higher one), -1 for padding;
+* with ``virtual_edges`` (GHN-2, Knyazev et al. 2021), ``virtual`` ``[B, N,
+  N]``: ``virtual[b, u, v] = 1 / s`` where the shortest directed path from u
+  to v has ``1 < s <= cutoff`` edges, 0 elsewhere (``virtual_edges()``).  A
+  node then also receives ``sum_u virtual[u, v] * MLP_sp(h_u)`` from a second
+  message MLP; a virtual edge, too, goes from a lower level to a higher one,
+  so the level-parallel order stays exact.
 
 Forward-backward propagation updates nodes in topological order, each from
 its predecessors' current embeddings, then in reverse order, each from its
@@ -45,10 +51,12 @@ class GatedGraphNetwork(keras.layers.Layer):
     (or, backward, successors) receives a zero message.  ``static_shapes``
     (for XLA): a level step computes the GRU for every node and keeps the
     level's, instead of gathering the level's nodes (the same values).
+    ``virtual_edges``: inputs are ``[h, adjacency, levels, virtual]``.
     """
 
     def __init__(self, units: int = 32, messages=(32, 32), propagation: str = "forward_backward",
-                 passes: int = 1, steps: int = 5, static_shapes: bool = False, **kwargs):
+                 passes: int = 1, steps: int = 5, static_shapes: bool = False, virtual_edges: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if propagation not in PROPAGATIONS:
             raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {propagation!r}")
@@ -57,9 +65,14 @@ class GatedGraphNetwork(keras.layers.Layer):
         self.units, self.messages = int(units), tuple(int(m) for m in messages)
         self.propagation, self.passes, self.steps = propagation, int(passes), int(steps)
         self.static_shapes = bool(static_shapes)
+        self.virtual_edges = bool(virtual_edges)
         self.message_layers = [keras.layers.Dense(m, activation="relu", name=f"message_{i}")
                                for i, m in enumerate(self.messages)]
         self.message_out = keras.layers.Dense(self.units, name="message_out")
+        if self.virtual_edges:
+            self.virtual_layers = [keras.layers.Dense(m, activation="relu", name=f"virtual_message_{i}")
+                                   for i, m in enumerate(self.messages)]
+            self.virtual_out = keras.layers.Dense(self.units, name="virtual_message_out")
         self.gru = keras.layers.GRUCell(self.units, name="update")
 
     def build(self, input_shape):
@@ -68,27 +81,49 @@ class GatedGraphNetwork(keras.layers.Layer):
         d = int(h_shape[-1])
         if d != self.units:
             raise ValueError(f"node embeddings have {d} features, the network {self.units} units")
-        shape = (None, d)
-        for layer in self.message_layers:
-            layer.build(shape)
-            shape = (None, layer.units)
-        self.message_out.build(shape)
+        stacks = [(self.message_layers, self.message_out)]
+        if self.virtual_edges:
+            stacks.append((self.virtual_layers, self.virtual_out))
+        for hidden, out in stacks:
+            shape = (None, d)
+            for layer in hidden:
+                layer.build(shape)
+                shape = (None, layer.units)
+            out.build(shape)
         self.gru.build((None, self.units))
         self.built = True
 
     def _message(self, h):
+        """A node's outgoing messages ``[..., D]``; with virtual edges its
+        virtual-edge message follows on the same axis (``[..., 2D]``)."""
         x = h
         for layer in self.message_layers:
             x = layer(x)
-        return self.message_out(x)
+        m = self.message_out(x)
+        if not self.virtual_edges:
+            return m
+        x = h
+        for layer in self.virtual_layers:
+            x = layer(x)
+        return tf.concat([m, self.virtual_out(x)], -1)
 
-    def _update(self, h, adjacency, update_mask):
+    def _incoming(self, weights, messages, equation):
+        """Messages summed along ``weights`` by ``equation`` (with virtual
+        edges, ``weights`` stacks real and virtual ones on its last axis)."""
+        d = self.units
+        if not self.virtual_edges:
+            return tf.einsum(equation, weights, messages)
+        return (tf.einsum(equation, weights[..., 0], messages[..., :d])
+                + tf.einsum(equation, weights[..., 1], messages[..., d:]))
+
+    def _update(self, h, incoming_weights, update_mask):
         """Nodes where ``update_mask`` ``[B, N]`` is true take the GRU of
-        their incoming messages along ``adjacency`` ``[B, N(src), N(dst)]``."""
+        their incoming messages along ``incoming_weights`` ``[B, N(dst),
+        N(src)(, 2)]``."""
         b, n = tf.shape(h)[0], tf.shape(h)[1]
         flat = tf.reshape(h, [-1, self.units])
-        m = tf.reshape(self._message(flat), [b, n, self.units])
-        incoming = tf.linalg.matmul(adjacency, m, transpose_a=True)  # [B, N(dst), D]: sum over sources
+        m = tf.reshape(self._message(flat), [b, n, -1])
+        incoming = self._incoming(incoming_weights, m, "bvu,bud->bvd")  # [B, N(dst), D]: sum over sources
         new, _ = self.gru(tf.reshape(incoming, [-1, self.units]), [flat])
         new = tf.reshape(new, [b, n, self.units])
         return tf.where(update_mask[..., None], new, h)
@@ -96,15 +131,16 @@ class GatedGraphNetwork(keras.layers.Layer):
     def _level_step(self, h, messages, weights, update_mask):
         """Update only the nodes of ``update_mask`` ``[B, N]`` (a level),
         each from the cached messages of the nodes ``weights`` ``[B, N(v),
-        N(u)]`` connects it to, and refresh their messages in the cache.  A
-        level with no node to update (possible under a levelling other than
-        the longest-path one) runs no layer: layers never see empty batches."""
+        N(u)(, 2)]`` connects it to, and refresh their messages in the cache.
+        A level with no node to update (possible under a levelling other
+        than the longest-path one) runs no layer: layers never see empty
+        batches."""
         if self.static_shapes:  # XLA: every node computed, the level's kept (the same values)
-            return self._update(h, tf.transpose(weights, [0, 2, 1]), update_mask), messages
+            return self._update(h, weights, update_mask), messages
         idx = tf.where(update_mask)                                      # [K, 2]: (graph, node)
 
         def step():
-            incoming = tf.einsum("kn,knd->kd", tf.gather_nd(weights, idx), tf.gather(messages, idx[:, 0]))
+            incoming = self._incoming(tf.gather_nd(weights, idx), tf.gather(messages, idx[:, 0]), "kn,knd->kd")
             new, _ = self.gru(incoming, [tf.gather_nd(h, idx)])
             return (tf.tensor_scatter_nd_update(h, idx, new),
                     tf.tensor_scatter_nd_update(messages, idx, self._message(new)))
@@ -112,21 +148,28 @@ class GatedGraphNetwork(keras.layers.Layer):
         return tf.cond(tf.shape(idx)[0] > 0, step, lambda: (h, messages))
 
     def call(self, inputs):
-        h, adjacency, levels = inputs
+        expected = 4 if self.virtual_edges else 3
+        if len(inputs) != expected:
+            raise ValueError(f"the graph network takes [h, adjacency, levels{', virtual' * self.virtual_edges}] "
+                             f"(virtual_edges={self.virtual_edges}), got {len(inputs)} inputs")
+        h, adjacency, levels = inputs[:3]
         h = tf.convert_to_tensor(h)
         adjacency = tf.cast(adjacency, h.dtype)
         levels = tf.cast(levels, tf.int32)
         real = levels >= 0
+        edges = adjacency                                   # [B, u, v]: u -> v (virtual ones on a last axis)
+        if self.virtual_edges:
+            edges = tf.stack([adjacency, tf.cast(inputs[3], h.dtype)], -1)
+        predecessors = tf.transpose(edges, [0, 2, 1, 3] if self.virtual_edges else [0, 2, 1])  # [B, v, u]
         if self.propagation == "synchronous":
             for _ in range(self.steps):
-                h = self._update(h, adjacency, real)
+                h = self._update(h, predecessors, real)
             return h
         top = tf.reduce_max(levels)  # the deepest level over the batch
-        predecessors = tf.transpose(adjacency, [0, 2, 1])  # [B, v, u]: edge u -> v
-        has_successor = tf.reduce_any(adjacency > 0, axis=2)
+        has_successor = tf.reduce_any(adjacency > 0, axis=2)  # a virtual edge implies a real path
         b, n = tf.shape(h)[0], tf.shape(h)[1]
         for _ in range(self.passes):
-            messages = tf.reshape(self._message(tf.reshape(h, [-1, self.units])), [b, n, self.units])
+            messages = tf.reshape(self._message(tf.reshape(h, [-1, self.units])), [b, n, -1])
             h, messages = tf.while_loop(
                 lambda l, h, m: l <= top,
                 lambda l, h, m: (l + 1, *self._level_step(h, m, predecessors, tf.equal(levels, l))),
@@ -134,14 +177,14 @@ class GatedGraphNetwork(keras.layers.Layer):
             # backward: from the second deepest level down, each node with successors from them
             h = tf.while_loop(
                 lambda l, h, m: l >= 0,
-                lambda l, h, m: (l - 1, *self._level_step(h, m, adjacency, tf.equal(levels, l) & has_successor)),
+                lambda l, h, m: (l - 1, *self._level_step(h, m, edges, tf.equal(levels, l) & has_successor)),
                 (top - 1, h, messages))[1]
         return h
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "messages": list(self.messages),
                 "propagation": self.propagation, "passes": self.passes, "steps": self.steps,
-                "static_shapes": self.static_shapes}
+                "static_shapes": self.static_shapes, "virtual_edges": self.virtual_edges}
 
 
 def topological_levels(adjacency) -> "list[int]":
@@ -169,3 +212,26 @@ def topological_levels(adjacency) -> "list[int]":
         cyclic = int(np.flatnonzero(indegree > 0)[0])
         raise ValueError(f"the graph has a cycle through node {cyclic}")
     return level
+
+
+def virtual_edges(adjacency, cutoff: int = 50):
+    """GHN-2's virtual edges of a DAG ``[N, N]`` (``adjacency[u][v]``: edge
+    u -> v): ``[N, N]`` float32 with ``1 / s`` where the shortest directed
+    path from u to v has ``s`` edges, ``1 < s <= cutoff``, else 0."""
+    import numpy as np
+    a = np.asarray(adjacency) != 0
+    n = a.shape[0]
+    if a.shape != (n, n):
+        raise ValueError(f"adjacency must be square, got shape {a.shape}")
+    out = np.zeros((n, n), np.float32)
+    for u in range(n):
+        frontier = np.flatnonzero(a[u])
+        seen = set(frontier.tolist())
+        for s in range(2, int(cutoff) + 1):
+            nxt = sorted({int(w) for v in frontier for w in np.flatnonzero(a[v])} - seen)
+            if not nxt:
+                break
+            seen.update(nxt)
+            out[u, nxt] = 1.0 / s
+            frontier = nxt
+    return out

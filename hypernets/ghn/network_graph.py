@@ -29,7 +29,9 @@ float32 arrays (one traced step serves every candidate):
   block's 1x1 convolution rows for an input are generated from that edge,
   the appendix's edge activations for a varying number of inputs);
 * ``input_mask``, ``op_mask``: the space's own encoding (the one-shot model
-  that runs the generated network reads them).
+  that runs the generated network reads them);
+* with ``virtual_edges=s`` (GHN-2's shortest-path edges up to ``s`` hops),
+  ``virtual`` ``[N, N]``: ``1 / hops`` along them (``gnn.virtual_edges``).
 
 A slot is present when the stand-alone network computes it: it lies on a
 path to the head (a reduction of a state no cell reads is absent, as are the
@@ -43,7 +45,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from hypernets.ghn.gnn import topological_levels
+from hypernets.ghn.gnn import topological_levels, virtual_edges
 from oneshot_tf.methods.oneshot.cell_space import OPS, CellArchitecture, CellSearchSpace
 
 #: Node types, in the order of the one-hot vector a node starts from.
@@ -66,8 +68,11 @@ class CellNetworkGraph:
     """Slots and the ``encode`` of ``space`` (a ``CellSearchSpace``) on
     ``input_shape`` (see the module docstring)."""
 
-    def __init__(self, space: CellSearchSpace, input_shape: Sequence[int]):
+    def __init__(self, space: CellSearchSpace, input_shape: Sequence[int], virtual_edges: int = 0):
+        if int(virtual_edges) < 0:
+            raise ValueError(f"virtual_edges must be >= 0 (0: none), got {virtual_edges}")
         self.space = space
+        self.virtual_edges = int(virtual_edges)
         self.plan = space.plan(tuple(int(d) for d in input_shape))
         self.slots: List[Slot] = []
         self.output_slot: List[int] = []          # per plan node: the slot holding its output
@@ -164,6 +169,8 @@ class CellNetworkGraph:
         levels = np.where(keep, np.asarray(topological_levels(adj)), -1)
         out = {"adjacency": adj.astype(np.float32), "levels": levels.astype(np.float32),
                "edge_source": src.astype(np.float32)}
+        if self.virtual_edges:
+            out["virtual"] = virtual_edges(adj, cutoff=self.virtual_edges)
         out.update({k: np.asarray(v, np.float32) for k, v in self.space.encode(arch).items()})
         return out
 

@@ -92,17 +92,18 @@ class GraphHyperNetwork(keras.Model):
     def __init__(self, node_types: Sequence[int], specs, edge_destinations, *, units: int = 32,
                  messages=(32, 32), hidden=(64, 64), propagation: str = "forward_backward", passes: int = 1,
                  steps: int = 5, chunk_channels: int = 16, normalization: str = "fan_in",
-                 static_shapes: bool = False, **kwargs):
+                 static_shapes: bool = False, virtual_edges: bool = False, **kwargs):
         super().__init__(name=kwargs.pop("name", "ghn"), **kwargs)
         self.node_types = [int(t) for t in node_types]
         self.embedding = keras.layers.Embedding(len(NODE_TYPES), units, name="node_type_embedding")
         self.gnn = GatedGraphNetwork(units, messages, propagation=propagation, passes=passes, steps=steps,
-                                     static_shapes=static_shapes, name="graph_network")
+                                     static_shapes=static_shapes, virtual_edges=virtual_edges,
+                                     name="graph_network")
         self.generator = WeightGenerator(specs, edge_destinations, hidden=hidden, chunk_channels=chunk_channels,
                                          normalization=normalization, name="hypernet")
         self._config = dict(units=units, messages=list(messages), hidden=list(hidden), propagation=propagation,
                             passes=passes, steps=steps, chunk_channels=chunk_channels, normalization=normalization,
-                            static_shapes=static_shapes)
+                            static_shapes=static_shapes, virtual_edges=virtual_edges)
 
     def embeddings(self, inputs):
         """The final node embeddings ``[B, N, units]``."""
@@ -110,7 +111,10 @@ class GraphHyperNetwork(keras.Model):
         b = tf.shape(adjacency)[0]
         h0 = self.embedding(tf.constant(self.node_types, tf.int32))
         h0 = tf.tile(h0[None], [b, 1, 1])
-        return self.gnn([h0, adjacency, inputs["levels"]])
+        graph = [h0, adjacency, inputs["levels"]]
+        if self.gnn.virtual_edges:
+            graph.append(inputs["virtual"])
+        return self.gnn(graph)
 
     def call(self, inputs):
         return self.generator([self.embeddings(inputs), inputs["edge_source"]])
@@ -128,7 +132,8 @@ class GHNProxy(Proxy):
                  mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
                  meta_batch: int = 1, units: int = 32, message_units: int = 32, hypernet_units: int = 64,
                  propagation: str = "forward_backward", passes: int = 1, steps: int = 5, chunk_channels: int = 16,
-                 normalization: str = "fan_in", bn_epsilon: float = 1e-3, static_shapes: bool = False):
+                 normalization: str = "fan_in", bn_epsilon: float = 1e-3, static_shapes: bool = False,
+                 virtual_edges: int = 0):
         if propagation not in PROPAGATIONS:
             raise ValueError(f"unknown --propagation={propagation!r}; choose from {', '.join(PROPAGATIONS)}")
         if normalization not in NORMALIZATIONS:
@@ -150,7 +155,10 @@ class GHNProxy(Proxy):
         self.chunk_channels, self.normalization = int(chunk_channels), normalization
         self.bn_epsilon = float(bn_epsilon)
         self.static_shapes = bool(static_shapes)
-        self.graph = CellNetworkGraph(space, self.input_shape)
+        if int(virtual_edges) < 0:
+            raise ValueError(f"virtual_edges must be >= 0 (0: none), got {virtual_edges}")
+        self.virtual_edges = int(virtual_edges)
+        self.graph = CellNetworkGraph(space, self.input_shape, virtual_edges=self.virtual_edges)
         self.model = None
         self.executor = None
 
@@ -166,7 +174,7 @@ class GHNProxy(Proxy):
                 "propagation": self.propagation, "passes": self.passes,
                 "steps": self.steps if self.propagation == "synchronous" else None,
                 "chunk_channels": self.chunk_channels, "normalization": self.normalization,
-                "bn_epsilon": self.bn_epsilon, "graph": "network"}
+                "bn_epsilon": self.bn_epsilon, "graph": "network", "virtual_edges": self.virtual_edges}
 
     def validate_batch(self, batch_size: int, num_replicas: int) -> None:
         unit = num_replicas * self.meta_batch * self._group_size
@@ -191,7 +199,7 @@ class GHNProxy(Proxy):
             g.node_types(), specs, destinations, units=self.units, messages=(self.message_units,) * 2,
             hidden=(self.hypernet_units,) * 2, propagation=self.propagation, passes=self.passes, steps=self.steps,
             chunk_channels=self.chunk_channels, normalization=self.normalization,
-            static_shapes=self.static_shapes)
+            static_shapes=self.static_shapes, virtual_edges=bool(self.virtual_edges))
         self.model(self._stack([self.encode(self.space.sample(np.random.default_rng(0)))]))
 
     @staticmethod
