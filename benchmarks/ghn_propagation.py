@@ -1,16 +1,24 @@
-"""GHN graph propagation: level-parallel forward-backward over the node-by-node
-order (ppuda's GatedGNN loop; the paper's equation 15), side by side.
+"""GHN weight generation: level-parallel forward-backward against node-by-node
+loops, side by side in one run.
 
     python -m benchmarks.ghn_propagation [--graphs=32 --nodes=17 --edge_prob=0.3 --repeats=30]
 
-Both run the same compiled ``GatedGraphNetwork`` on the same padded batch of
-random DAGs; they differ only in the levelling: the longest-path levels (a
-level's nodes update together) or one node per level in a topological order
-(node by node, ``2|V| - 1`` updates per pass).  Their outputs are equal (the
-tests prove it); this measures the time of one forward pass, and of a forward
-and backward (gradient) pass, after a warm-up, alternating the two.  Only the
-graph network: the hypernet that turns embeddings into weights is not built
-yet.
+Weight generation is the graph network followed by the hypernet (an MLP of
+2 x 64 shared by all nodes, each node's embedding to a 3x3x16x16 kernel, as
+in the paper).  Three ways to run the same forward-backward scheme on the
+same padded batch of random DAGs (outputs equal: the tests prove it), with
+the same weights, each compiled once by ``tf.function``:
+
+* ``ppuda loop``: ``GatedGraphNetwork.node_by_node``, ppuda's GatedGNN
+  algorithm (one node index at a time for every graph of the batch, the
+  message MLP on that node's neighbours, ``2N - 1`` steps a pass);
+* ``one node a level``: ``call`` with one node per level (a topological
+  numbering): the node-by-node order with this package's message cache;
+* ``level-parallel``: ``call`` with the longest-path levels (a level's nodes
+  update together: twice the depth in steps).
+
+Timed: one forward pass, and a forward and backward (gradient) pass, after a
+warm-up, the variants alternating; medians.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    import keras
     import numpy as np
     import tensorflow as tf
     from hypernets.ghn.gnn import GatedGraphNetwork, topological_levels
@@ -38,42 +47,60 @@ def main(argv=None):
     n, d = args.nodes, args.units
     adj = np.zeros((args.graphs, n, n), np.float32)
     levels = np.zeros((args.graphs, n), np.int32)
-    serial = np.zeros((args.graphs, n), np.int32)
+    serial = np.tile(np.arange(n, dtype=np.int32), (args.graphs, 1))
     for g in range(args.graphs):
-        a = np.triu((rng.random((n, n)) < args.edge_prob).astype(np.float32), 1)
+        a = np.triu((rng.random((n, n)) < args.edge_prob).astype(np.float32), 1)  # numbered topologically
         adj[g] = a
-        lev = topological_levels(a)
-        levels[g] = lev
-        order = sorted(range(n), key=lambda v: (lev[v], v))
-        serial[g, order] = np.arange(n)
+        levels[g] = topological_levels(a)
     h = rng.normal(size=(args.graphs, n, d)).astype(np.float32)
     layer = GatedGraphNetwork(units=d)
     layer.build((None, None, d))
-    forward = tf.function(lambda h, a, l: layer((h, a, l)))
+    hypernet = keras.Sequential([keras.layers.Dense(64, activation="relu"), keras.layers.Dense(64, activation="relu"),
+                                 keras.layers.Dense(3 * 3 * 16 * 16)])
+    hypernet.build((None, d))
+    params = layer.trainable_variables + hypernet.trainable_variables
 
-    @tf.function
-    def backward(h, a, l):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer((h, a, l)))
-        return tape.gradient(loss, layer.trainable_variables)
+    def generate(how, with_hypernet, h, a, l):
+        e = layer.node_by_node((h, a, l)) if how == "ppuda" else layer((h, a, l))
+        if not with_hypernet:
+            return e
+        return tf.reshape(hypernet(tf.reshape(e, [-1, d])), [-1, n, 3, 3, 16, 16])
 
-    inputs = {"level_parallel": (h, adj, levels), "node_by_node": (h, adj, serial)}
-    times = {(fn, k): [] for fn in ("forward", "gradient") for k in inputs}
-    for fn_name, fn in (("forward", forward), ("gradient", backward)):
-        for k, x in inputs.items():
-            fn(*x)  # warm-up (and the one trace)
-        for _ in range(args.repeats):
-            for k, x in inputs.items():
-                t0 = time.perf_counter()
-                out = fn(*x)
-                (out if fn_name == "forward" else out[0]).numpy()
-                times[(fn_name, k)].append(time.perf_counter() - t0)
+    def make(how, with_hypernet):
+        forward = tf.function(lambda h, a, l: generate(how, with_hypernet, h, a, l))
+
+        @tf.function
+        def gradient(h, a, l):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(generate(how, with_hypernet, h, a, l)))
+            return tape.gradient(loss, params if with_hypernet else layer.trainable_variables)
+
+        return forward, gradient
+
+    variants = {"ppuda loop": ("ppuda", (h, adj, serial)), "one node a level": ("layer", (h, adj, serial)),
+                "level-parallel": ("layer", (h, adj, levels))}
     print(f"{platform.processor() or platform.machine()}, TensorFlow {tf.__version__}: {args.graphs} graphs of "
-          f"{n} nodes, mean depth {levels.max(1).mean() + 1:.1f} levels (node by node: {n}), {d} units")
-    for fn_name in ("forward", "gradient"):
-        a = np.median(times[(fn_name, "level_parallel")])
-        b = np.median(times[(fn_name, "node_by_node")])
-        print(f"{fn_name:9s} level-parallel {a * 1e3:8.2f} ms   node-by-node {b * 1e3:8.2f} ms   ratio {b / a:5.2f}x")
+          f"{n} nodes (mean depth {levels.max(1).mean() + 1:.1f} levels), {d} units; weight generation adds "
+          f"the hypernet (2 x 64 -> 3x3x16x16 per node); times relative to level-parallel")
+    for with_hypernet, what in ((False, "graph network"), (True, "weight generation")):
+        fns = {k: make(how, with_hypernet) for k, (how, _) in variants.items()}
+        ref = fns["level-parallel"][0](*variants["level-parallel"][1]).numpy()
+        for k, (_, x) in variants.items():  # warm-up (the one trace), and the same outputs
+            np.testing.assert_allclose(fns[k][0](*x).numpy(), ref, rtol=1e-4, atol=1e-5)
+            fns[k][1](*x)
+        times = {(i, k): [] for i in (0, 1) for k in variants}
+        for i in (0, 1):
+            for _ in range(args.repeats):
+                for k, (_, x) in variants.items():
+                    t0 = time.perf_counter()
+                    out = fns[k][i](*x)
+                    (out if i == 0 else out[0]).numpy()
+                    times[(i, k)].append(time.perf_counter() - t0)
+        for i, name in ((0, "forward"), (1, "gradient")):
+            med = {k: float(np.median(times[(i, k)])) for k in variants}
+            base = med["level-parallel"]
+            print(f"{what:17s} {name:8s} " + "   ".join(f"{k} {v * 1e3:7.2f} ms ({v / base:4.2f}x)"
+                                                      for k, v in med.items()))
 
 
 if __name__ == "__main__":

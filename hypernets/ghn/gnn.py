@@ -181,6 +181,57 @@ class GatedGraphNetwork(keras.layers.Layer):
                 (top - 1, h, messages))[1]
         return h
 
+    def node_by_node(self, inputs):
+        """The forward-backward scheme visited one node at a time, as ppuda's
+        GatedGNN does (the baseline of ``benchmarks/ghn_propagation`` and
+        an independent check of ``call``): step ``v`` gathers node ``v``'s
+        neighbours in every graph of the batch, runs the message MLP on
+        them, sums and updates node ``v`` by the GRU, so a pass is ``2N - 1``
+        steps of an ``N``-node padded batch and messages are computed per
+        edge, not cached.  Nodes must be numbered in a topological order
+        (every edge ``u -> v`` has ``u < v``); same inputs and the same
+        result as ``call`` (the backward half skips nodes without
+        successors, as ``call`` does; ppuda also updates sinks from a zero
+        message).  Forward-backward only."""
+        h, adjacency, levels = inputs[:3]
+        h = tf.convert_to_tensor(h)
+        adjacency = tf.cast(adjacency, h.dtype)
+        real = tf.cast(levels, tf.int32) >= 0
+        weights = adjacency                                            # [B, u, v]
+        if self.virtual_edges:
+            weights = tf.stack([adjacency, tf.cast(inputs[3], h.dtype)], -1)
+        b, n = tf.shape(h)[0], int(h.shape[1])
+        has_successor = tf.reduce_any(adjacency > 0, axis=2)
+        d = self.units
+
+        def visit(h, v, w, update):
+            """Node ``v`` of every graph where ``update`` ``[B]``, from the
+            neighbours ``w`` ``[B, N(, 2)]`` weighs."""
+            connected = tf.reduce_any(tf.reshape(w, [b, n, -1]) > 0, -1)
+            e = tf.where(connected)                                    # [E, 2]: (graph, neighbour)
+
+            def gathered():
+                m = self._message(tf.gather_nd(h, e))
+                we = tf.gather_nd(w, e)
+                if self.virtual_edges:
+                    m = we[:, 0:1] * m[:, :d] + we[:, 1:2] * m[:, d:]
+                else:
+                    m = we[:, None] * m
+                return tf.math.unsorted_segment_sum(m, e[:, 0], b)
+
+            incoming = tf.cond(tf.shape(e)[0] > 0, gathered, lambda: tf.zeros([b, d], h.dtype))
+            new, _ = self.gru(incoming, [h[:, v]])
+            new = tf.where(update[:, None], new, h[:, v])
+            index = tf.stack([tf.range(b), tf.fill([b], v)], 1)
+            return tf.tensor_scatter_nd_update(h, index, new)
+
+        for _ in range(self.passes):
+            for v in range(n):                              # forward: from the predecessors
+                h = visit(h, v, weights[:, :, v], real[:, v])
+            for v in range(n - 2, -1, -1):                  # backward: from the successors
+                h = visit(h, v, weights[:, v, :], real[:, v] & has_successor[:, v])
+        return h
+
     def get_config(self):
         return {**super().get_config(), "units": self.units, "messages": list(self.messages),
                 "propagation": self.propagation, "passes": self.passes, "steps": self.steps,
