@@ -1,0 +1,167 @@
+"""Speed of the GHN proxy against stand-alone models, side by side in one run.
+
+    python -m benchmarks.ghn_speed [--image_size=16 --filters=8 --num_cells=3 ...]
+
+Defaults: the GHN quick preset's network (digits at 16x16, 3 cells, 2 stages,
+F=8, groups of 32).
+
+(b) candidates scored per second by ``CandidateScorer`` with the GHN proxy
+    (one GHN pass generates the weights of K candidates, each run by the
+    shared executor in one compiled pass) / candidates per second when a
+    stand-alone Keras model is built per candidate and evaluated (a new
+    model, a new trace).  The baseline does not even copy generated weights
+    into its models (that would cost it more), so the ratio is a lower bound.
+(c) seconds per training step of the GHN (draw an architecture, generate
+    every weight, run the candidate, back-propagate into the GHN, Adam) /
+    a training step of that candidate's own stand-alone model (same batch,
+    Adam), averaged over ``--train_candidates`` architectures.
+
+Ratios are what to read: both sides run in the same process, interleaved,
+best of ``--repeats``.  ``--intra_op_threads`` as in ``benchmarks.benchmark``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image_size", type=int, default=16)
+    p.add_argument("--num_cells", type=int, default=3)
+    p.add_argument("--num_stages", type=int, default=2)
+    p.add_argument("--filters", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--group_size", type=int, default=32)
+    p.add_argument("--candidates", type=int, default=16, help="candidates per scoring measurement")
+    p.add_argument("--candidates_per_pass", type=int, default=8)
+    p.add_argument("--eval_examples", type=int, default=320)
+    p.add_argument("--baseline_candidates", type=int, default=4)
+    p.add_argument("--train_steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--train_candidates", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--intra_op_threads", type=int, default=1)
+    p.add_argument("--json", default="", help="also write the results to this file")
+    args = p.parse_args(argv)
+
+    import keras
+    import tensorflow as tf
+
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+
+    from hypernets.ghn.proxy import GHNProxy
+    from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
+    from oneshot_tf.retrain import StandaloneTask
+    from oneshot_tf.scoring import CandidateScorer, ScoreConfig
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    shape = (args.image_size, args.image_size, 1)
+    classes = 10
+    space = CellSearchSpace(num_cells=args.num_cells, num_stages=args.num_stages, filters=args.filters)
+    proxy = GHNProxy(space, input_shape=shape, num_classes=classes, group_size=args.group_size)
+    proxy.build()
+    results = {"machine": platform.processor() or platform.machine(), "tensorflow": tf.__version__,
+               "graph_slots": proxy.graph.num_nodes, "config": vars(args)}
+
+    # (b) candidates per second -------------------------------------------------
+    xv = rng.integers(0, 256, (args.eval_examples,) + shape).astype(np.uint8)
+    yv = rng.integers(0, classes, args.eval_examples).astype(np.int64)
+    archs = space.sample_unique(args.candidates, seed=3)
+    encs = [proxy.encode(a) for a in archs]
+    k = args.candidates_per_pass
+    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=args.group_size, kl_examples=0,
+                                                verbose=False)).prepare(xv, yv)
+    scorer.score_encodings(encs[:k])  # the one trace
+
+    def scorer_rate():
+        t = time.perf_counter()
+        for s in range(0, len(encs), k):
+            scorer.score_encodings(encs[s:s + k])
+        return len(encs) / (time.perf_counter() - t)
+
+    def baseline_rate():
+        t = time.perf_counter()
+        for a in archs[: args.baseline_candidates]:
+            m = space.build_model(a, input_shape=shape, num_classes=classes)
+            fwd = tf.function(lambda im: m(im, training=True))  # batch statistics per group, as the GHN scores
+            correct = 0
+            for i in range(0, args.eval_examples - args.group_size + 1, args.group_size):
+                logits = fwd(tf.constant(xv[i:i + args.group_size]))
+                correct += int(np.sum(np.argmax(logits, -1) == yv[i:i + args.group_size]))
+        return args.baseline_candidates / (time.perf_counter() - t)
+
+    b, bb = [], []
+    for _ in range(args.repeats):
+        b.append(scorer_rate())
+        bb.append(baseline_rate())
+    results[f"b_candidates_per_s_ghn_{k}_per_pass"] = max(b)
+    results["b_candidates_per_s_standalone_build"] = max(bb)
+    results["b_ratio"] = max(b) / max(bb)
+
+    # (c) training step -----------------------------------------------------------
+    x = tf.constant(rng.integers(0, 256, (args.batch_size,) + shape).astype(np.uint8))
+    y = tf.constant(rng.integers(0, classes, args.batch_size).astype(np.int64))
+
+    def step_fn(task, **loss_kwargs):
+        variables = task.trainable_variables
+        opt = keras.optimizers.Adam(1e-3)
+        opt.build(variables)
+
+        @tf.function
+        def step(images, labels, step_inputs):
+            with tf.GradientTape() as tape:
+                kwargs = {"step_inputs": step_inputs} if step_inputs is not None else {}
+                loss, _ = task.loss(images, labels, progress=tf.constant(0.5), seed=tf.constant([1, 2]),
+                                    global_batch_size=args.batch_size, num_replicas=1, **kwargs)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return step
+
+    ghn_step = step_fn(proxy)
+    inputs = [proxy.step_inputs(i, seed=np.array([0, i]), progress=0.0, global_batch_size=args.batch_size)
+              for i in range(args.train_steps)]
+    ghn_step(x, y, inputs[0]).numpy()
+    standalone = []
+    for a in space.sample_unique(args.train_candidates, seed=5):
+        task = StandaloneTask(lambda a=a: space.build_model(a, input_shape=shape, num_classes=classes))
+        task.build()
+        s = step_fn(task)
+        s(x, y, None).numpy()
+        standalone.append(s)
+
+    def seconds(fn):
+        t = time.perf_counter()
+        out = None
+        for i in range(args.train_steps):
+            out = fn(i)
+        out.numpy()
+        return (time.perf_counter() - t) / args.train_steps
+
+    c_ghn, c_alone = [], []
+    for _ in range(args.repeats):
+        c_ghn.append(seconds(lambda i: ghn_step(x, y, inputs[i])))
+        c_alone.append(np.mean([seconds(lambda i, s=s: s(x, y, None)) for s in standalone]))
+    results["c_seconds_per_step_ghn"] = min(c_ghn)
+    results["c_seconds_per_step_standalone"] = min(c_alone)
+    results["c_ratio_ghn_over_standalone"] = min(c_ghn) / min(c_alone)
+
+    width = max(map(len, results))
+    for key, v in results.items():
+        if key != "config":
+            print(f"{key:<{width}}  {v:.4g}" if isinstance(v, float) else f"{key:<{width}}  {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
