@@ -76,8 +76,8 @@ _QUICK_SPACE = dict(dataset="digits", image_size=16, validation_size=320, num_ce
 PRESETS = {
     # The whole pipeline on the embedded digits in minutes on 2 CPU cores
     # (the one-shot quick preset's space and candidates).
-    "quick": dict(**_QUICK_SPACE, train_steps=1500, batch_size=64, num_candidates=64, candidates_per_pass=8,
-                  num_winners=2, retrain_steps=500, retrain_batch_size=64, retrain_learning_rate=0.05,
+    "quick": dict(**_QUICK_SPACE, train_steps=600, batch_size=64, num_candidates=64, candidates_per_pass=8,
+                  num_winners=2, retrain_steps=200, retrain_batch_size=64, retrain_learning_rate=0.05,
                   bn_momentum=0.9, checkpoint_every=100, log_every=50, intra_op_threads=1),
     # For tests: one cell, a few steps.
     "tiny": dict(dataset="digits", image_size=8, validation_size=64, num_cells=1, num_stages=1, filters=4,
