@@ -138,7 +138,7 @@ class WeightGenerator(keras.layers.Layer):
     ``edge_source``, the slot of the block's input node (the edge's head)."""
 
     def __init__(self, specs, edge_destinations=(), hidden=(64, 64), chunk_channels: int = 16,
-                 normalization: str = "fan_in", **kwargs):
+                 normalization: str = "none", **kwargs):
         super().__init__(**kwargs)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")

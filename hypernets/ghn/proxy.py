@@ -91,7 +91,7 @@ class GraphHyperNetwork(keras.Model):
 
     def __init__(self, node_types: Sequence[int], specs, edge_destinations, *, units: int = 32,
                  messages=(32, 32), hidden=(64, 64), propagation: str = "forward_backward", passes: int = 1,
-                 steps: int = 5, chunk_channels: int = 16, normalization: str = "fan_in",
+                 steps: int = 5, chunk_channels: int = 16, normalization: str = "none",
                  static_shapes: bool = False, virtual_edges: bool = False, **kwargs):
         super().__init__(name=kwargs.pop("name", "ghn"), **kwargs)
         self.node_types = [int(t) for t in node_types]
@@ -132,7 +132,7 @@ class GHNProxy(Proxy):
                  mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
                  meta_batch: int = 1, units: int = 32, message_units: int = 32, hypernet_units: int = 64,
                  propagation: str = "forward_backward", passes: int = 1, steps: int = 5, chunk_channels: int = 16,
-                 normalization: str = "fan_in", bn_epsilon: float = 1e-3, static_shapes: bool = False,
+                 normalization: str = "none", bn_epsilon: float = 1e-3, static_shapes: bool = False,
                  virtual_edges: int = 0):
         if propagation not in PROPAGATIONS:
             raise ValueError(f"unknown --propagation={propagation!r}; choose from {', '.join(PROPAGATIONS)}")
