@@ -153,6 +153,7 @@ def test_mirrored_two_replicas_equal_one_device(tmp_path):
     assert moved > 10  # the comparison is not vacuous
 
 
+@pytest.mark.integration  # the slowest unit test (two trainings and a restore): CI's integration step
 def test_checkpoint_from_two_replicas_restores_on_one(tmp_path):
     """Two steps on two replicas: the trajectory of one device (path dropout
     active at step 2), and a checkpoint that one device restores and resumes."""

@@ -168,17 +168,19 @@ class GatedGraphNetwork(keras.layers.Layer):
         top = tf.reduce_max(levels)  # the deepest level over the batch
         has_successor = tf.reduce_any(adjacency > 0, axis=2)  # a virtual edge implies a real path
         b, n = tf.shape(h)[0], tf.shape(h)[1]
+        # At most N levels: a static bound where N is static (XLA needs one to differentiate the loops).
+        bound = h.shape[1]
         for _ in range(self.passes):
             messages = tf.reshape(self._message(tf.reshape(h, [-1, self.units])), [b, n, -1])
             h, messages = tf.while_loop(
                 lambda l, h, m: l <= top,
                 lambda l, h, m: (l + 1, *self._level_step(h, m, predecessors, tf.equal(levels, l))),
-                (tf.constant(0), h, messages))[1:]
+                (tf.constant(0), h, messages), maximum_iterations=bound)[1:]
             # backward: from the second deepest level down, each node with successors from them
             h = tf.while_loop(
                 lambda l, h, m: l >= 0,
                 lambda l, h, m: (l - 1, *self._level_step(h, m, edges, tf.equal(levels, l) & has_successor)),
-                (top - 1, h, messages))[1]
+                (top - 1, h, messages), maximum_iterations=bound)[1]
         return h
 
     def node_by_node(self, inputs):
