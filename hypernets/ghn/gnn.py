@@ -168,8 +168,9 @@ class GatedGraphNetwork(keras.layers.Layer):
         top = tf.reduce_max(levels)  # the deepest level over the batch
         has_successor = tf.reduce_any(adjacency > 0, axis=2)  # a virtual edge implies a real path
         b, n = tf.shape(h)[0], tf.shape(h)[1]
-        # At most N levels: a static bound where N is static (XLA needs one to differentiate the loops).
-        bound = h.shape[1]
+        # XLA needs a static bound to differentiate the loops: with static_shapes, N (a longest-path levelling
+        # has at most N levels); otherwise none (any levelling, gaps included).
+        bound = h.shape[1] if self.static_shapes else None
         for _ in range(self.passes):
             messages = tf.reshape(self._message(tf.reshape(h, [-1, self.units])), [b, n, -1])
             h, messages = tf.while_loop(
