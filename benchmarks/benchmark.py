@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 import types
 
 import numpy as np
+
+from benchmarks.report import print_results
 
 
 def main(argv=None):
@@ -260,14 +261,7 @@ def main(argv=None):
         results["d_score_candidates_per_s_xla"] = len(encs) / (time.perf_counter() - t)
         results["d_score_ratio_xla_over_plain"] = results["d_score_candidates_per_s_xla"] / max(bk)
 
-    width = max(map(len, results))
-    for k, v in results.items():
-        if k != "config":
-            print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return print_results(results, args.json)
 
 
 if __name__ == "__main__":

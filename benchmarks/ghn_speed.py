@@ -23,11 +23,12 @@ best of ``--repeats``.  ``--intra_op_threads`` as in ``benchmarks.benchmark``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
+
+from benchmarks.report import print_results
 
 
 def main(argv=None):
@@ -153,14 +154,7 @@ def main(argv=None):
     results["c_seconds_per_step_standalone"] = min(c_alone)
     results["c_ratio_ghn_over_standalone"] = min(c_ghn) / min(c_alone)
 
-    width = max(map(len, results))
-    for key, v in results.items():
-        if key != "config":
-            print(f"{key:<{width}}  {v:.4g}" if isinstance(v, float) else f"{key:<{width}}  {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return print_results(results, args.json)
 
 
 if __name__ == "__main__":
