@@ -214,12 +214,7 @@ class GatedGraphNetwork(keras.layers.Layer):
             e = tf.where(connected)                                    # [E, 2]: (graph, neighbour)
 
             def gathered():
-                m = self._message(tf.gather_nd(h, e))
-                we = tf.gather_nd(w, e)
-                if self.virtual_edges:
-                    m = we[:, 0:1] * m[:, :d] + we[:, 1:2] * m[:, d:]
-                else:
-                    m = we[:, None] * m
+                m = self._incoming(tf.gather_nd(w, e), self._message(tf.gather_nd(h, e)), "e,ed->ed")
                 return tf.math.unsorted_segment_sum(m, e[:, 0], b)
 
             incoming = tf.cond(tf.shape(e)[0] > 0, gathered, lambda: tf.zeros([b, d], h.dtype))
