@@ -256,4 +256,7 @@ def test_level_parallel_equals_ppuda_style_node_loop(gnn, gnn_ve, virtual):
         losses = [tf.reduce_sum(y * weights) for y in (fast, slow)]
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-5, atol=1e-6)
     for g1, g2 in zip(*[tape.gradient(loss, layer.trainable_variables) for loss in losses]):
-        np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-4, atol=1e-6)
+        # The two sum messages in different orders (einsum, segment sum): float32 rounding at the scale of the
+        # tensor's largest entries, so an entry that nearly cancels is compared against that scale.
+        g1, g2 = g1.numpy(), g2.numpy()
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(g2).max())))
