@@ -51,6 +51,14 @@ class GHNSettings(CellSpaceSettings):
     virtual_edges: int = setting(0, "GHN-2's virtual edges: each node also hears the nodes up to this many hops "
                                     "before it (after it, backward) through a second message MLP, weighted "
                                     "1 / hops (0: off, the paper's; GHN-2 uses 50).", low=0)
+    graph: str = setting("network", "How the graph network reads a candidate: network (the whole network, every "
+                                    "cell unrolled, as one graph: GHN-2's) or stacked (the paper's stacked GHN, "
+                                    "section 4.3: cell by cell, each cell's input nodes hearing the mean embedding "
+                                    "of the cell before).", choices=("network", "stacked"))
+    stack_share: bool = setting(True, "--graph=stacked: one GHN shared by every cell (the paper's) or one per cell "
+                                      "(--nostack_share, Table 5's ablation).")
+    stack_pass: bool = setting(True, "--graph=stacked: pass each cell's mean embedding to the next (the paper's); "
+                                     "--nostack_pass: cells on their own (Table 5's ablation).")
     weight_normalization: str = setting("none", "Scale of generated kernels: none (the paper's raw outputs) or "
                                                 "fan_in (GHN-2: x sqrt(2 / fan_in)); none ranked better in the "
                                                 "quick fidelity study (README).",
@@ -68,7 +76,8 @@ def build(cfg, dataset):
                      message_units=s.message_units, hypernet_units=s.hypernet_units, propagation=s.propagation,
                      passes=s.passes, steps=s.sync_steps, chunk_channels=s.chunk_channels,
                      normalization=s.weight_normalization, static_shapes=bool(cfg.jit_compile),
-                     virtual_edges=s.virtual_edges)
+                     virtual_edges=s.virtual_edges, graph=s.graph, stack_share=s.stack_share,
+                     stack_pass=s.stack_pass)
     return space, proxy
 
 

@@ -31,7 +31,15 @@ float32 arrays (one traced step serves every candidate):
 * ``input_mask``, ``op_mask``: the space's own encoding (the one-shot model
   that runs the generated network reads them);
 * with ``virtual_edges=s`` (GHN-2's shortest-path edges up to ``s`` hops),
-  ``virtual`` ``[N, N]``: ``1 / hops`` along them (``gnn.virtual_edges``).
+  ``virtual`` ``[N, N]``: ``1 / hops`` along them (``gnn.virtual_edges``);
+* with ``stacked=True`` (the stacked GHN, ``gnn.StackedGraphNetwork``):
+  ``module_levels`` ``[N]``, each present slot's longest-path level in its
+  module's own subgraph (-1 absent), and ``entry`` ``[N]``, 1 at the
+  module's input nodes (reached by an edge from an earlier module).
+
+Modules (``slot_modules``): cell ``c``'s slots form module ``c``; the stem
+joins module 0, a stage's reductions the module of the cell that follows
+them, the head the last module.
 
 A slot is present when the stand-alone network computes it: it lies on a
 path to the head (a reduction of a state no cell reads is absent, as are the
@@ -68,11 +76,13 @@ class CellNetworkGraph:
     """Slots and the ``encode`` of ``space`` (a ``CellSearchSpace``) on
     ``input_shape`` (see the module docstring)."""
 
-    def __init__(self, space: CellSearchSpace, input_shape: Sequence[int], virtual_edges: int = 0):
+    def __init__(self, space: CellSearchSpace, input_shape: Sequence[int], virtual_edges: int = 0,
+                 stacked: bool = False):
         if int(virtual_edges) < 0:
             raise ValueError(f"virtual_edges must be >= 0 (0: none), got {virtual_edges}")
         self.space = space
         self.virtual_edges = int(virtual_edges)
+        self.stacked = bool(stacked)
         self.plan = space.plan(tuple(int(d) for d in input_shape))
         self.slots: List[Slot] = []
         self.output_slot: List[int] = []          # per plan node: the slot holding its output
@@ -108,6 +118,19 @@ class CellNetworkGraph:
     @property
     def num_cells(self) -> int:
         return len(self.cell_plan)
+
+    def slot_modules(self) -> List[int]:
+        """Each slot's module (module docstring): its cell, the next cell
+        for a stage's reductions, 0 for the stem, the last for the head."""
+        out = []
+        for s in self.slots:
+            if s.cell >= 0:
+                out.append(s.cell)
+            elif s.type == "head":
+                out.append(self.num_cells - 1)
+            else:  # the stem and reductions: the first cell after them
+                out.append(sum(1 for p in self.cell_plan if p < s.plan))
+        return out
 
     def node_types(self) -> np.ndarray:
         """``[N]`` int32: each slot's index in ``NODE_TYPES``."""
@@ -171,6 +194,12 @@ class CellNetworkGraph:
                "edge_source": src.astype(np.float32)}
         if self.virtual_edges:
             out["virtual"] = virtual_edges(adj, cutoff=self.virtual_edges)
+        if self.stacked:
+            modules = np.asarray(self.slot_modules())
+            same = modules[:, None] == modules[None, :]
+            inner = np.asarray(topological_levels(adj & same))
+            out["module_levels"] = np.where(keep, inner, -1).astype(np.float32)
+            out["entry"] = (adj & ~same).any(0).astype(np.float32)
         out.update({k: np.asarray(v, np.float32) for k, v in self.space.encode(arch).items()})
         return out
 

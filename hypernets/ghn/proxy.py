@@ -25,12 +25,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hypernets.ghn.gnn import PROPAGATIONS, GatedGraphNetwork
+from hypernets.ghn.gnn import PROPAGATIONS, GatedGraphNetwork, StackedGraphNetwork
 from hypernets.ghn.hypernet import NORMALIZATIONS, ParamSpec, WeightGenerator
 from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.oneshot_model import OneShotCell, OneShotModel
 from oneshot_tf.proxy import Proxy
+
+#: How the graph network sees a candidate: the whole network as one graph
+#: (GHN-2's), or the stacked GHN's modules one after another (section 4.3).
+GRAPHS = ("network", "stacked")
 
 _KINDS = {"gamma": "gamma", "beta": "beta", "depthwise_kernel": "depthwise", "bias": "bias"}
 
@@ -87,42 +91,99 @@ def param_specs(model: OneShotModel, graph: CellNetworkGraph) -> List[ParamSpec]
 class GraphHyperNetwork(keras.Model):
     """Node-type embeddings, the graph network and the hypernet: a batch of
     encoded graphs (``adjacency``, ``levels``, ``edge_source``) to one
-    ``[B, *shape]`` tensor per ``ParamSpec``."""
+    ``[B, *shape]`` tensor per ``ParamSpec``.
+
+    ``node_modules`` (one module index per node) makes it the stacked GHN
+    (``gnn.StackedGraphNetwork``, inputs ``module_levels`` and ``entry``
+    too); with ``share=False`` each module has its own GHN (node-type
+    embedding, graph network and hypernet, generating the parameters
+    ``spec_modules`` assigns to the module): Table 5's individual GHNs."""
 
     def __init__(self, node_types: Sequence[int], specs, edge_destinations, *, units: int = 32,
                  messages=(32, 32), hidden=(64, 64), propagation: str = "forward_backward", passes: int = 1,
                  steps: int = 5, chunk_channels: int = 16, normalization: str = "none",
-                 static_shapes: bool = False, virtual_edges: bool = False, **kwargs):
+                 static_shapes: bool = False, virtual_edges: bool = False, node_modules=None, share: bool = True,
+                 pass_embeddings: bool = True, spec_modules=None, **kwargs):
         super().__init__(name=kwargs.pop("name", "ghn"), **kwargs)
         self.node_types = [int(t) for t in node_types]
-        self.embedding = keras.layers.Embedding(len(NODE_TYPES), units, name="node_type_embedding")
-        self.gnn = GatedGraphNetwork(units, messages, propagation=propagation, passes=passes, steps=steps,
-                                     static_shapes=static_shapes, virtual_edges=virtual_edges,
-                                     name="graph_network")
-        self.generator = WeightGenerator(specs, edge_destinations, hidden=hidden, chunk_channels=chunk_channels,
-                                         normalization=normalization, name="hypernet")
+        specs = [sp if isinstance(sp, ParamSpec) else ParamSpec.from_json(sp) for sp in specs]
+        gnn_args = dict(propagation=propagation, passes=passes, steps=steps, static_shapes=static_shapes,
+                        virtual_edges=virtual_edges)
+        self.node_modules = None if node_modules is None else [int(m) for m in node_modules]
+        if self.node_modules is None and not share:
+            raise ValueError("share=False (a GHN per module) needs node_modules (the stacked GHN)")
+        self.share = bool(share)
+        self.pass_embeddings = bool(pass_embeddings)
+        copies = 1 if self.share else max(self.node_modules) + 1
+        if self.node_modules is None:
+            self.gnn = GatedGraphNetwork(units, messages, name="graph_network", **gnn_args)
+        else:
+            if len(self.node_modules) != len(self.node_types):
+                raise ValueError(f"node_modules names {len(self.node_modules)} nodes, the graph has "
+                                 f"{len(self.node_types)}")
+            self.gnn = StackedGraphNetwork(self.node_modules, units, messages, share=self.share,
+                                           pass_embeddings=self.pass_embeddings, name="stacked_graph_network",
+                                           **gnn_args)
+        if self.share:
+            self.spec_modules = [0] * len(specs)
+        else:
+            if spec_modules is None or len(spec_modules) != len(specs):
+                raise ValueError("a GHN per module needs spec_modules: the module of every generated tensor")
+            self.spec_modules = [int(m) for m in spec_modules]
+        embeddings, generators = [], []
+        for i in range(copies):
+            mine = [sp for sp, m in zip(specs, self.spec_modules) if m == i]
+            if not mine:
+                raise ValueError(f"module {i} generates no parameter")
+            suffix = "" if self.share else f"_{i}"
+            embeddings.append(keras.layers.Embedding(len(NODE_TYPES), units, name="node_type_embedding" + suffix))
+            generators.append(WeightGenerator(mine, edge_destinations, hidden=hidden, chunk_channels=chunk_channels,
+                                              normalization=normalization, name="hypernet" + suffix))
+        if self.share:  # the attributes (and checkpoint layout) of the plain GHN
+            self.embedding, self.generator = embeddings[0], generators[0]
+        else:
+            self.module_embeddings, self.module_generators = embeddings, generators
+        self.specs = specs
+        self.edge_destinations = [int(v) for v in edge_destinations]
         self._config = dict(units=units, messages=list(messages), hidden=list(hidden), propagation=propagation,
                             passes=passes, steps=steps, chunk_channels=chunk_channels, normalization=normalization,
-                            static_shapes=static_shapes, virtual_edges=virtual_edges)
+                            static_shapes=static_shapes, virtual_edges=virtual_edges,
+                            node_modules=self.node_modules, share=self.share, pass_embeddings=self.pass_embeddings,
+                            spec_modules=None if self.share else self.spec_modules)
 
     def embeddings(self, inputs):
         """The final node embeddings ``[B, N, units]``."""
         adjacency = tf.convert_to_tensor(inputs["adjacency"])
         b = tf.shape(adjacency)[0]
-        h0 = self.embedding(tf.constant(self.node_types, tf.int32))
+        types = tf.constant(self.node_types, tf.int32)
+        if self.share:
+            h0 = self.embedding(types)
+        else:  # each node from its own module's embedding
+            h0 = tf.stack([layer(types) for layer in self.module_embeddings])          # [M, N, D]
+            h0 = tf.gather_nd(h0, [[m, v] for v, m in enumerate(self.node_modules)])
         h0 = tf.tile(h0[None], [b, 1, 1])
-        graph = [h0, adjacency, inputs["levels"]]
-        if self.gnn.virtual_edges:
+        if self.node_modules is None:
+            graph = [h0, adjacency, inputs["levels"]]
+        else:
+            graph = [h0, adjacency, inputs["module_levels"], inputs["entry"]]
+        if self._config["virtual_edges"]:
             graph.append(inputs["virtual"])
         return self.gnn(graph)
 
     def call(self, inputs):
-        return self.generator([self.embeddings(inputs), inputs["edge_source"]])
+        h = self.embeddings(inputs)
+        if self.share:
+            return self.generator([h, inputs["edge_source"]])
+        out = [None] * len(self.specs)
+        for i, generator in enumerate(self.module_generators):
+            index = [k for k, m in enumerate(self.spec_modules) if m == i]
+            for k, value in zip(index, generator([h, inputs["edge_source"]])):
+                out[k] = value
+        return out
 
     def get_config(self):
-        return {"name": self.name, "node_types": self.node_types,
-                "specs": [s.to_json() for s in self.generator.specs],
-                "edge_destinations": list(self.generator.edge_destinations), **self._config}
+        return {"name": self.name, "node_types": self.node_types, "specs": [s.to_json() for s in self.specs],
+                "edge_destinations": self.edge_destinations, **self._config}
 
 
 class GHNProxy(Proxy):
@@ -133,7 +194,8 @@ class GHNProxy(Proxy):
                  meta_batch: int = 1, units: int = 32, message_units: int = 32, hypernet_units: int = 64,
                  propagation: str = "forward_backward", passes: int = 1, steps: int = 5, chunk_channels: int = 16,
                  normalization: str = "none", bn_epsilon: float = 1e-3, static_shapes: bool = False,
-                 virtual_edges: int = 0):
+                 virtual_edges: int = 0, graph: str = "network", stack_share: bool = True,
+                 stack_pass: bool = True):
         if propagation not in PROPAGATIONS:
             raise ValueError(f"unknown --propagation={propagation!r}; choose from {', '.join(PROPAGATIONS)}")
         if normalization not in NORMALIZATIONS:
@@ -158,7 +220,14 @@ class GHNProxy(Proxy):
         if int(virtual_edges) < 0:
             raise ValueError(f"virtual_edges must be >= 0 (0: none), got {virtual_edges}")
         self.virtual_edges = int(virtual_edges)
-        self.graph = CellNetworkGraph(space, self.input_shape, virtual_edges=self.virtual_edges)
+        if graph not in GRAPHS:
+            raise ValueError(f"unknown --graph={graph!r}; choose from {', '.join(GRAPHS)}")
+        if graph != "stacked" and not (stack_share and stack_pass):
+            raise ValueError("--stack_share and --stack_pass are options of --graph=stacked; "
+                             f"--graph={graph} has no modules to stack")
+        self.graph_kind, self.stack_share, self.stack_pass = graph, bool(stack_share), bool(stack_pass)
+        self.graph = CellNetworkGraph(space, self.input_shape, virtual_edges=self.virtual_edges,
+                                      stacked=graph == "stacked")
         self.model = None
         self.executor = None
 
@@ -174,7 +243,9 @@ class GHNProxy(Proxy):
                 "propagation": self.propagation, "passes": self.passes,
                 "steps": self.steps if self.propagation == "synchronous" else None,
                 "chunk_channels": self.chunk_channels, "normalization": self.normalization,
-                "bn_epsilon": self.bn_epsilon, "graph": "network", "virtual_edges": self.virtual_edges}
+                "bn_epsilon": self.bn_epsilon, "graph": self.graph_kind, "virtual_edges": self.virtual_edges,
+                **({"stack_share": self.stack_share, "stack_pass": self.stack_pass}
+                   if self.graph_kind == "stacked" else {})}
 
     def validate_batch(self, batch_size: int, num_replicas: int) -> None:
         unit = num_replicas * self.meta_batch * self._group_size
@@ -195,11 +266,16 @@ class GHNProxy(Proxy):
         g = self.graph
         destinations = [g.conv_slot[c][i] for c in range(g.num_cells) for i in range(self.space.num_blocks)
                         for _ in range(self.space.max_inputs)]
+        stacking = {}
+        if self.graph_kind == "stacked":
+            modules = g.slot_modules()
+            stacking = dict(node_modules=modules, share=self.stack_share, pass_embeddings=self.stack_pass,
+                            spec_modules=[modules[sp.slot] for sp in specs])
         self.model = GraphHyperNetwork(
             g.node_types(), specs, destinations, units=self.units, messages=(self.message_units,) * 2,
             hidden=(self.hypernet_units,) * 2, propagation=self.propagation, passes=self.passes, steps=self.steps,
             chunk_channels=self.chunk_channels, normalization=self.normalization,
-            static_shapes=self.static_shapes, virtual_edges=bool(self.virtual_edges))
+            static_shapes=self.static_shapes, virtual_edges=bool(self.virtual_edges), **stacking)
         self.model(self._stack([self.encode(self.space.sample(np.random.default_rng(0)))]))
 
     @staticmethod
