@@ -53,6 +53,8 @@ class Method:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: the method used when ``--method`` is not given (exactly one built-in has it)
     default: bool = False
+    #: named setting overrides (e.g. another search space) the method's contract tests also run under
+    variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 _METHODS: Dict[str, Method] = {}
@@ -82,7 +84,8 @@ def register(method: Method) -> Method:
     if missing:
         raise ValueError(f"method {method.name!r}: presets {missing} missing (every method defines "
                          f"{', '.join(REQUIRED_PRESETS)})")
-    for where, values in [("defaults", method.defaults)] + [(f"preset {p!r}", v) for p, v in method.presets.items()]:
+    for where, values in ([("defaults", method.defaults)] + [(f"preset {p!r}", v) for p, v in method.presets.items()]
+                          + [(f"variant {v!r}", o) for v, o in method.variants.items()]):
         bad = sorted(set(values) - generic - own)
         if bad:
             raise ValueError(f"method {method.name!r}: {where} sets unknown settings {bad}")
@@ -130,6 +133,16 @@ def names() -> List[str]:
     """Names of every registered method, sorted."""
     _load()
     return sorted(_METHODS)
+
+
+def contract_cases() -> List[Tuple[str, Dict[str, Any]]]:
+    """``(method, overrides)`` for every registered method (no overrides)
+    and each of its ``variants``: what the contract tests run."""
+    out = []
+    for name in names():
+        out.append((name, {}))
+        out.extend((name, dict(o)) for o in _METHODS[name].variants.values())
+    return out
 
 
 def get(name: Optional[str] = None) -> Method:

@@ -162,7 +162,7 @@ def test_generated_network_is_the_executor_with_those_weights(space, proxy):
     enc = proxy._stack([proxy.encode(a)])
     values = [v[0] for v in proxy.generate(enc)]
     images = tf.cast(tf.random.uniform((8,) + SHAPE, 0, 255, seed=4), tf.uint8)
-    got = proxy.network_logits(values, images, enc["input_mask"][0], enc["op_mask"][0], 2)
+    got = proxy.network_logits(values, images, enc, 0, 2)
     saved = [v.numpy() for v in proxy.executor.trainable_variables]
     try:
         for var, value in zip(proxy.executor.trainable_variables, values):

@@ -132,6 +132,20 @@ class CellNetworkGraph:
                 out.append(sum(1 for p in self.cell_plan if p < s.plan))
         return out
 
+    #: the node types the embedding knows; the encoding keys the executor reads
+    node_type_names = NODE_TYPES
+    executor_keys = ("input_mask", "op_mask")
+
+    def static_node_types(self) -> np.ndarray:
+        """Every slot's type never changes (``node_types``)."""
+        return self.node_types()
+
+    def edge_destinations(self) -> List[int]:
+        """For every flattened ``(cell, block, input)`` of ``edge_source``,
+        the slot the edge enters (the block's input node)."""
+        return [self.conv_slot[c][i] for c in range(self.num_cells) for i in range(self.space.num_blocks)
+                for _ in range(self.space.max_inputs)]
+
     def node_types(self) -> np.ndarray:
         """``[N]`` int32: each slot's index in ``NODE_TYPES``."""
         return np.array([NODE_TYPES.index(s.type) for s in self.slots], np.int32)
@@ -172,34 +186,14 @@ class CellNetworkGraph:
 
     def present(self, adjacency: np.ndarray) -> np.ndarray:
         """``[N]`` bool: the slots with a path to the head (and the head)."""
-        keep = np.zeros(self.num_nodes, bool)
-        keep[self.head_slot] = True
-        frontier = [self.head_slot]
-        while frontier:
-            v = frontier.pop()
-            for u in np.flatnonzero(adjacency[:, v]):
-                if not keep[u]:
-                    keep[u] = True
-                    frontier.append(int(u))
-        return keep
+        return reaching(adjacency, self.head_slot)
 
     def encode(self, arch: CellArchitecture) -> Dict[str, np.ndarray]:
         """The fixed-shape float32 arrays of ``arch`` (module docstring)."""
         arch = self.space.validate(arch)
         adj, src = self.edges(arch)
-        keep = self.present(adj)
-        adj &= keep[:, None] & keep[None, :]
-        levels = np.where(keep, np.asarray(topological_levels(adj)), -1)
-        out = {"adjacency": adj.astype(np.float32), "levels": levels.astype(np.float32),
-               "edge_source": src.astype(np.float32)}
-        if self.virtual_edges:
-            out["virtual"] = virtual_edges(adj, cutoff=self.virtual_edges)
-        if self.stacked:
-            modules = np.asarray(self.slot_modules())
-            same = modules[:, None] == modules[None, :]
-            inner = np.asarray(topological_levels(adj & same))
-            out["module_levels"] = np.where(keep, inner, -1).astype(np.float32)
-            out["entry"] = (adj & ~same).any(0).astype(np.float32)
+        out = graph_arrays(adj, self.head_slot, self.virtual_edges, self.slot_modules() if self.stacked else None)
+        out["edge_source"] = src.astype(np.float32)
         out.update({k: np.asarray(v, np.float32) for k, v in self.space.encode(arch).items()})
         return out
 
@@ -211,3 +205,39 @@ class CellNetworkGraph:
         present = np.flatnonzero(enc["levels"] >= 0)
         return {"nodes": [{"id": int(s), "type": self.slots[s].type} for s in present],
                 "edges": [[int(u), int(v)] for u, v in zip(*np.nonzero(enc["adjacency"]))]}
+
+
+def reaching(adjacency: np.ndarray, sink: int) -> np.ndarray:
+    """``[N]`` bool: the nodes with a path to ``sink`` (and ``sink``)."""
+    keep = np.zeros(adjacency.shape[0], bool)
+    keep[sink] = True
+    frontier = [sink]
+    while frontier:
+        v = frontier.pop()
+        for u in np.flatnonzero(adjacency[:, v]):
+            if not keep[u]:
+                keep[u] = True
+                frontier.append(int(u))
+    return keep
+
+
+def graph_arrays(adjacency: np.ndarray, sink: int, virtual_cutoff: int = 0, modules=None) -> Dict[str, np.ndarray]:
+    """The GHN's graph arrays of a padded network graph (``adjacency``
+    ``[N, N]`` bool over every slot, ``u -> v``): the slots without a path
+    to ``sink`` (the head) are removed; ``adjacency``, ``levels``
+    (longest-path, -1 absent); ``virtual`` with ``virtual_cutoff``; with
+    ``modules`` (each slot's module), ``module_levels`` and ``entry``
+    (module docstring)."""
+    keep = reaching(adjacency, sink)
+    adj = adjacency & keep[:, None] & keep[None, :]
+    levels = np.where(keep, np.asarray(topological_levels(adj)), -1)
+    out = {"adjacency": adj.astype(np.float32), "levels": levels.astype(np.float32)}
+    if virtual_cutoff:
+        out["virtual"] = virtual_edges(adj, cutoff=virtual_cutoff)
+    if modules is not None:
+        modules = np.asarray(modules)
+        same = modules[:, None] == modules[None, :]
+        inner = np.asarray(topological_levels(adj & same))
+        out["module_levels"] = np.where(keep, inner, -1).astype(np.float32)
+        out["entry"] = (adj & ~same).any(0).astype(np.float32)
+    return out

@@ -27,6 +27,9 @@ import tensorflow as tf
 
 from hypernets.ghn.gnn import PROPAGATIONS, GatedGraphNetwork, StackedGraphNetwork
 from hypernets.ghn.hypernet import NORMALIZATIONS, ParamSpec, WeightGenerator
+from hypernets.ghn.dag_models import DagExecutor
+from hypernets.ghn.dag_network import DagNetworkGraph, dag_param_specs
+from hypernets.ghn.dag_space import DagSearchSpace
 from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.oneshot_model import OneShotCell, OneShotModel
@@ -99,13 +102,16 @@ class GraphHyperNetwork(keras.Model):
     embedding, graph network and hypernet, generating the parameters
     ``spec_modules`` assigns to the module): Table 5's individual GHNs."""
 
-    def __init__(self, node_types: Sequence[int], specs, edge_destinations, *, units: int = 32,
+    def __init__(self, node_types, specs, edge_destinations, *, num_node_types: int = len(NODE_TYPES),
+                 units: int = 32,
                  messages=(32, 32), hidden=(64, 64), propagation: str = "forward_backward", passes: int = 1,
                  steps: int = 5, chunk_channels: int = 16, normalization: str = "none",
                  static_shapes: bool = False, virtual_edges: bool = False, node_modules=None, share: bool = True,
                  pass_embeddings: bool = True, spec_modules=None, **kwargs):
         super().__init__(name=kwargs.pop("name", "ghn"), **kwargs)
-        self.node_types = [int(t) for t in node_types]
+        # static node types (one per slot), or None: the encodings carry them (``node_types`` [B, N])
+        self.node_types = None if node_types is None else [int(t) for t in node_types]
+        self.num_node_types = int(num_node_types)
         specs = [sp if isinstance(sp, ParamSpec) else ParamSpec.from_json(sp) for sp in specs]
         gnn_args = dict(propagation=propagation, passes=passes, steps=steps, static_shapes=static_shapes,
                         virtual_edges=virtual_edges)
@@ -118,7 +124,7 @@ class GraphHyperNetwork(keras.Model):
         if self.node_modules is None:
             self.gnn = GatedGraphNetwork(units, messages, name="graph_network", **gnn_args)
         else:
-            if len(self.node_modules) != len(self.node_types):
+            if self.node_types is not None and len(self.node_modules) != len(self.node_types):
                 raise ValueError(f"node_modules names {len(self.node_modules)} nodes, the graph has "
                                  f"{len(self.node_types)}")
             self.gnn = StackedGraphNetwork(self.node_modules, units, messages, share=self.share,
@@ -136,7 +142,8 @@ class GraphHyperNetwork(keras.Model):
             if not mine:
                 raise ValueError(f"module {i} generates no parameter")
             suffix = "" if self.share else f"_{i}"
-            embeddings.append(keras.layers.Embedding(len(NODE_TYPES), units, name="node_type_embedding" + suffix))
+            embeddings.append(keras.layers.Embedding(self.num_node_types, units,
+                                                     name="node_type_embedding" + suffix))
             generators.append(WeightGenerator(mine, edge_destinations, hidden=hidden, chunk_channels=chunk_channels,
                                               normalization=normalization, name="hypernet" + suffix))
         if self.share:  # the attributes (and checkpoint layout) of the plain GHN
@@ -155,13 +162,18 @@ class GraphHyperNetwork(keras.Model):
         """The final node embeddings ``[B, N, units]``."""
         adjacency = tf.convert_to_tensor(inputs["adjacency"])
         b = tf.shape(adjacency)[0]
-        types = tf.constant(self.node_types, tf.int32)
+        if self.node_types is None:
+            types = tf.cast(inputs["node_types"], tf.int32)                            # [B, N]
+        else:
+            types = tf.constant(self.node_types, tf.int32)[None]                      # [1, N]
         if self.share:
             h0 = self.embedding(types)
         else:  # each node from its own module's embedding
-            h0 = tf.stack([layer(types) for layer in self.module_embeddings])          # [M, N, D]
-            h0 = tf.gather_nd(h0, [[m, v] for v, m in enumerate(self.node_modules)])
-        h0 = tf.tile(h0[None], [b, 1, 1])
+            h0 = tf.stack([layer(types) for layer in self.module_embeddings], 2)       # [., N, M, D]
+            pick = tf.one_hot(self.node_modules, len(self.module_embeddings), dtype=h0.dtype)
+            h0 = tf.einsum("bnmd,nm->bnd", h0, pick)
+        if self.node_types is not None:
+            h0 = tf.tile(h0, [b, 1, 1])
         if self.node_modules is None:
             graph = [h0, adjacency, inputs["levels"]]
         else:
@@ -182,7 +194,8 @@ class GraphHyperNetwork(keras.Model):
         return out
 
     def get_config(self):
-        return {"name": self.name, "node_types": self.node_types, "specs": [s.to_json() for s in self.specs],
+        return {"name": self.name, "node_types": self.node_types, "num_node_types": self.num_node_types,
+                "specs": [s.to_json() for s in self.specs],
                 "edge_destinations": self.edge_destinations, **self._config}
 
 
@@ -195,7 +208,7 @@ class GHNProxy(Proxy):
                  propagation: str = "forward_backward", passes: int = 1, steps: int = 5, chunk_channels: int = 16,
                  normalization: str = "none", bn_epsilon: float = 1e-3, static_shapes: bool = False,
                  virtual_edges: int = 0, graph: str = "network", stack_share: bool = True,
-                 stack_pass: bool = True):
+                 stack_pass: bool = True, train_space=None):
         if propagation not in PROPAGATIONS:
             raise ValueError(f"unknown --propagation={propagation!r}; choose from {', '.join(PROPAGATIONS)}")
         if normalization not in NORMALIZATIONS:
@@ -226,8 +239,19 @@ class GHNProxy(Proxy):
             raise ValueError("--stack_share and --stack_pass are options of --graph=stacked; "
                              f"--graph={graph} has no modules to stack")
         self.graph_kind, self.stack_share, self.stack_pass = graph, bool(stack_share), bool(stack_pass)
-        self.graph = CellNetworkGraph(space, self.input_shape, virtual_edges=self.virtual_edges,
-                                      stacked=graph == "stacked")
+        if isinstance(space, DagSearchSpace):
+            graph_class = DagNetworkGraph
+        elif isinstance(space, CellSearchSpace):
+            graph_class = CellNetworkGraph
+        else:
+            raise ValueError(f"the GHN has no graph for the {space.name or type(space).__name__} search space")
+        self.graph = graph_class(space, self.input_shape, virtual_edges=self.virtual_edges,
+                                 stacked=graph == "stacked")
+        if train_space is not None:
+            if not isinstance(space, DagSearchSpace) or train_space.get_config() != space.with_nodes(
+                    train_space.num_nodes).get_config() or train_space.num_nodes > space.num_nodes:
+                raise ValueError("a training space must be the searched block space with at most as many nodes")
+        self.train_space = train_space or space
         self.model = None
         self.executor = None
 
@@ -258,21 +282,21 @@ class GHNProxy(Proxy):
     def build(self) -> None:
         if self.model is not None:
             return
-        self.executor = OneShotModel(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
-                                     mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon,
-                                     static_shapes=self.static_shapes, name="ghn_network").build_weights()
-        self.executor.trainable = True
-        specs = param_specs(self.executor, self.graph)
         g = self.graph
-        destinations = [g.conv_slot[c][i] for c in range(g.num_cells) for i in range(self.space.num_blocks)
-                        for _ in range(self.space.max_inputs)]
+        executor_class = DagExecutor if isinstance(g, DagNetworkGraph) else OneShotModel
+        self.executor = executor_class(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
+                                       mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon,
+                                       static_shapes=self.static_shapes, name="ghn_network").build_weights()
+        self.executor.trainable = True
+        specs = dag_param_specs(self.executor, g) if isinstance(g, DagNetworkGraph) else param_specs(self.executor, g)
+        destinations = g.edge_destinations()
         stacking = {}
         if self.graph_kind == "stacked":
             modules = g.slot_modules()
             stacking = dict(node_modules=modules, share=self.stack_share, pass_embeddings=self.stack_pass,
                             spec_modules=[modules[sp.slot] for sp in specs])
         self.model = GraphHyperNetwork(
-            g.node_types(), specs, destinations, units=self.units, messages=(self.message_units,) * 2,
+            g.static_node_types(), specs, destinations, num_node_types=len(g.node_type_names), units=self.units, messages=(self.message_units,) * 2,
             hidden=(self.hypernet_units,) * 2, propagation=self.propagation, passes=self.passes, steps=self.steps,
             chunk_channels=self.chunk_channels, normalization=self.normalization,
             static_shapes=self.static_shapes, virtual_edges=bool(self.virtual_edges), **stacking)
@@ -283,7 +307,8 @@ class GHNProxy(Proxy):
         return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
 
     def encode(self, arch) -> Dict[str, np.ndarray]:
-        """The graph of ``arch``'s whole network (``CellNetworkGraph.encode``)."""
+        """The graph of ``arch``'s whole network (``CellNetworkGraph.encode``,
+        ``DagNetworkGraph.encode``)."""
         return self.graph.encode(arch)
 
     def generate(self, encodings: Mapping[str, tf.Tensor]) -> List[tf.Tensor]:
@@ -291,13 +316,14 @@ class GHNProxy(Proxy):
         ``[B, *variable.shape]`` tensor per trainable variable."""
         return self.model(encodings)
 
-    def network_logits(self, values: Sequence[tf.Tensor], images, input_mask, op_mask, num_ghost: int):
-        """The candidate network of masks ``input_mask``/``op_mask`` with
+    def network_logits(self, values: Sequence[tf.Tensor], images, encodings, index: int, num_ghost: int):
+        """Candidate ``index`` of ``encodings`` (its executor inputs: the
+        cell space's masks, the block space's ops, adjacency and leaves) with
         parameters ``values`` (one per executor variable) on ``images``,
         batch statistics per group of ``images / num_ghost`` examples."""
-        logits, _ = self.executor.stateless_call(
-            list(values), [], {"images": images, "input_mask": input_mask, "op_mask": op_mask},
-            num_ghost=int(num_ghost))
+        arch = {k: encodings[k][index] for k in self.graph.executor_keys}
+        logits, _ = self.executor.stateless_call(list(values), [], {"images": images, **arch},
+                                                 num_ghost=int(num_ghost))
         return tf.cast(logits, tf.float32)
 
     # -- training ----------------------------------------------------------
@@ -306,7 +332,7 @@ class GHNProxy(Proxy):
         seed, encoded and stacked (every replica trains them all)."""
         del step, progress, global_batch_size
         rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.asarray(seed).ravel()])
-        return self._stack([self.encode(self.space.sample(rng)) for _ in range(self.meta_batch)])
+        return self._stack([self.encode(self.train_space.sample(rng)) for _ in range(self.meta_batch)])
 
     def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0,
              step_inputs=None):
@@ -322,8 +348,7 @@ class GHNProxy(Proxy):
         logits = []
         for m in range(self.meta_batch):
             logits.append(self.network_logits([w[m] for w in weights], images[m * part:(m + 1) * part],
-                                              step_inputs["input_mask"][m], step_inputs["op_mask"][m],
-                                              part // self._group_size))
+                                              step_inputs, m, part // self._group_size))
         logits = tf.concat(logits, 0)
         labels = tf.cast(labels, tf.int32)
         ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
@@ -335,13 +360,12 @@ class GHNProxy(Proxy):
     # -- scoring -----------------------------------------------------------
     def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
         weights = self.generate(encodings)
-        k = int(encodings["input_mask"].shape[0])
+        k = int(encodings["adjacency"].shape[0])
 
         def one(k_):
             values = [w[k_] for w in weights]
             im = images if shared_images else images[k_]
-            return self.network_logits(values, im, encodings["input_mask"][k_], encodings["op_mask"][k_],
-                                       num_ghost)
+            return self.network_logits(values, im, encodings, k_, num_ghost)
 
         if k == 1:
             return one(0)[None]
@@ -353,7 +377,7 @@ class GHNProxy(Proxy):
         return self._per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
 
     def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
-        k = int(encodings["input_mask"].shape[0])
+        k = int(encodings["adjacency"].shape[0])
         n = int(images.shape[0]) // k
         per = tf.reshape(images, [k, n] + list(images.shape[1:]))
         out = self._per_candidate(per, encodings, max(1, n // self._group_size), False)
