@@ -94,8 +94,14 @@ class TrainTask(abc.ABC):
         return self.model.trainable_variables
 
     def checkpoint_objects(self) -> Dict[str, Any]:
-        """Trackables to save besides the optimizer."""
-        return {"model": self.model}
+        """Trackables to save besides the optimizer.
+
+        Besides the model, every variable by its Keras path: a Keras 3 layer
+        held in a Python list or dict of another layer is invisible to
+        ``tf.train.Checkpoint``'s object graph, so saving the model alone would
+        silently leave such a layer's variables out of the restore.
+        """
+        return {"model": self.model, "variables": checkpoint_variables(self.model)}
 
     @abc.abstractmethod
     def loss(self, images, labels, *, progress, seed, global_batch_size: int, num_replicas: int,
@@ -493,11 +499,32 @@ def _diverged(description, what, step, last_saved, model_dir) -> TrainingDiverge
         f"--learning_rate or check the data, then run again (training resumes from the last checkpoint).")
 
 
+def checkpoint_variables(model) -> List[tf.Variable]:
+    """``model.variables`` in their (deterministic) build order, for a
+    checkpoint that reaches every variable whatever Python container holds
+    its layer.  By position, not by path: auto-generated layer names differ
+    between two builds of one model in one process.
+
+    Random-number states (a ``keras.random.SeedGenerator``'s, e.g. a GRU
+    cell's dropout RNG) are left out: they are not learned.
+    """
+    rng_states = {id(sg.state) for layer in model._flatten_layers(include_self=True)
+                  for sg in getattr(layer, "_seed_generators", ())}
+    return [v for v in model.variables if id(v) not in rng_states]
+
+
 def restore_latest(model_dir: str, **objects) -> Optional[str]:
     """Restore ``objects`` (e.g. ``model=...``) from the last checkpoint in
     ``model_dir`` (optimizer state is not needed for inference)."""
     latest = tf.train.latest_checkpoint(model_dir)
     if latest is None:
         return None
-    tf.train.Checkpoint(**objects).restore(latest).expect_partial()
+    status = tf.train.Checkpoint(**objects).restore(latest).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(
+            f"the checkpoint {latest} does not hold every variable of this model (it was written "
+            f"for another model or by an older version of this package); train again into a "
+            f"fresh --model_dir. ({str(e).splitlines()[0][:200]})") from None
     return latest

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf import config as config_lib
-from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf import io_utils, pipeline, registry, training
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.scoring import CandidateScorer, ScoreConfig
 from oneshot_tf.search_space import ArchitectureError, StandaloneOptions, canonical_json
@@ -40,8 +40,9 @@ def samples(space, n=6, seed=0):
     return space.sample_unique(min(n, space.size()), seed=seed)
 
 
-def check_registration(method: str):
+def check_registration(method: str, **overrides):
     m = registry.get(method)
+    config_lib.validate(config_lib.resolve("tiny", overrides, method=method))
     assert m.name == method and m.description
     assert {"quick", "tiny", "paper"} <= set(m.presets)
     for preset in m.presets:
@@ -53,8 +54,8 @@ def check_registration(method: str):
         assert f.metadata["help"].strip(), f"--{f.name} has no help"
 
 
-def check_json_round_trip(method: str):
-    _, _, space, _ = built(method)
+def check_json_round_trip(method: str, **overrides):
+    _, _, space, _ = built(method, **overrides)
     archs = samples(space)
     for arch in archs:
         obj = space.to_json(arch)
@@ -70,8 +71,8 @@ def check_json_round_trip(method: str):
     assert [again.to_json(a) for a in samples(again)] == [space.to_json(a) for a in archs]
 
 
-def check_hyperparameter_round_trip(method: str):
-    _, _, space, _ = built(method)
+def check_hyperparameter_round_trip(method: str, **overrides):
+    _, _, space, _ = built(method, **overrides)
     hp = keras_tuner.HyperParameters()
     space.declare_hyperparameters(hp)
     declared = {p.name: p for p in hp.space}
@@ -85,8 +86,8 @@ def check_hyperparameter_round_trip(method: str):
         assert space.from_hyperparameters(values) == arch
 
 
-def check_validation_errors(method: str):
-    _, _, space, _ = built(method)
+def check_validation_errors(method: str, **overrides):
+    _, _, space, _ = built(method, **overrides)
     for bad in ("{not json", "[]", 42, {}, {"unexpected": 1}, None):
         with pytest.raises(ArchitectureError) as info:
             space.from_json(bad)
@@ -95,8 +96,8 @@ def check_validation_errors(method: str):
         space.validate(object())
 
 
-def check_fixed_shape_encodings(method: str):
-    _, _, space, proxy = built(method)
+def check_fixed_shape_encodings(method: str, **overrides):
+    _, _, space, proxy = built(method, **overrides)
     encs = [proxy.encode(a) for a in samples(space)]
     layout = {k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in encs[0].items()}
     assert layout
@@ -105,8 +106,8 @@ def check_fixed_shape_encodings(method: str):
     assert len({canonical_json({k: np.asarray(v).tolist() for k, v in e.items()}) for e in encs}) == len(encs)
 
 
-def check_counts_match_keras(method: str):
-    _, dataset, space, _ = built(method)
+def check_counts_match_keras(method: str, **overrides):
+    _, dataset, space, _ = built(method, **overrides)
     for arch in samples(space, n=3):
         model = space.build_model(arch, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
                                   options=StandaloneOptions())
@@ -121,8 +122,8 @@ def check_counts_match_keras(method: str):
                                  num_classes=dataset.num_classes) == model.count_params()
 
 
-def check_graphs_topological(method: str):
-    _, _, space, _ = built(method)
+def check_graphs_topological(method: str, **overrides):
+    _, _, space, _ = built(method, **overrides)
     for arch in samples(space, n=3):
         try:
             graph = space.graph(arch)
@@ -135,8 +136,8 @@ def check_graphs_topological(method: str):
             assert order[src] < order[dst], (src, dst)
 
 
-def check_candidates_logits_equal_tiled_default(method: str):
-    _, dataset, space, proxy = built(method)
+def check_candidates_logits_equal_tiled_default(method: str, **overrides):
+    _, dataset, space, proxy = built(method, **overrides)
     proxy.build()
     g = proxy.group_size
     images = tf.constant(dataset.x_val[:2 * g])
@@ -148,8 +149,8 @@ def check_candidates_logits_equal_tiled_default(method: str):
     np.testing.assert_allclose(np.asarray(fast, np.float32), np.asarray(tiled, np.float32), rtol=1e-4, atol=1e-4)
 
 
-def check_one_trace_across_candidates(method: str):
-    _, dataset, space, proxy = built(method)
+def check_one_trace_across_candidates(method: str, **overrides):
+    _, dataset, space, proxy = built(method, **overrides)
     proxy.build()
     scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=2, group_size=proxy.group_size,
                                                 kl_examples=proxy.group_size, verbose=False))
@@ -165,8 +166,28 @@ def check_one_trace_across_candidates(method: str):
         assert ("kl" in sc) == (proxy.reference_encodings(1, 0) is not None)
 
 
+def check_restored_proxy(trained, restored, fresh):
+    """``restored`` (a proxy restored from its checkpoint, as scoring in
+    another process, resuming and the study restore it) holds the values of
+    every variable of ``trained`` (the proxy that trained, in memory),
+    whatever Python container holds its layers; ``fresh`` (built, never
+    trained) shows that training moved them, so the comparison can fail."""
+    fresh.build()
+
+    def values(proxy):  # by position, as checkpoints key them
+        return [(v.path, v.numpy()) for v in training.checkpoint_variables(proxy.model)]
+
+    trained, restored, fresh = values(trained), values(restored), values(fresh)
+    assert [t.shape for _, t in trained] == [r.shape for _, r in restored] == [f.shape for _, f in fresh]
+    moved = [p for (p, t), (_, f) in zip(trained, fresh) if not np.array_equal(t, f)]
+    assert len(moved) >= len(trained) // 2, f"only {len(moved)} of {len(trained)} variables trained"
+    wrong = [p for (p, t), (_, r) in zip(trained, restored) if not np.array_equal(t, r)]
+    assert not wrong, f"{len(wrong)} of {len(trained)} variables not restored, e.g. {wrong[:3]}"
+
+
 def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
-    """train, score, retrain and export on the tiny preset; a rerun does no new work."""
+    """train, score, retrain and export on the tiny preset; a rerun does no
+    new work, and the proxy it restores is the one that trained."""
     cfg = config_lib.resolve("tiny", {**SHORT, **overrides}, method=method)
     run = pipeline.SearchRun(cfg, model_dir, verbose=False)
     results = run.run()
@@ -190,9 +211,10 @@ def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
         assert 0.0 <= w["test_accuracy"] <= 1.0
     candidates = os.path.join(model_dir, "candidates.jsonl")
     before = os.stat(candidates).st_mtime_ns
-    again = pipeline.SearchRun(cfg, model_dir, verbose=False).run()
-    assert again == results
+    rerun = pipeline.SearchRun(cfg, model_dir, verbose=False)
+    assert rerun.run() == results
     assert os.stat(candidates).st_mtime_ns == before  # nothing scored again
+    check_restored_proxy(run.proxy, rerun.proxy, pipeline.SearchRun(cfg, model_dir, verbose=False).proxy)
     keras.backend.clear_session()
     return run, records
 

@@ -1,5 +1,6 @@
 """The method contract (``tests/contract.py``) over every registered method:
-a method joins these tests by registering, with no test edits."""
+a method joins these tests by registering, with no test edits, and so do
+the variants it registers (``Method.variants``, e.g. GHN's ``--space=cell``)."""
 
 import pytest
 
@@ -7,12 +8,17 @@ from oneshot_tf import registry
 from tests import contract
 
 
+CASES = registry.contract_cases()
+IDS = [m + "".join(f"[{k}={v}]" for k, v in o.items()) for m, o in CASES]
+
+
 @pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__[len("check_"):])
-@pytest.mark.parametrize("method", registry.names())
-def test_contract(method, check):
-    check(method)
+@pytest.mark.parametrize("method,overrides", CASES, ids=IDS)
+def test_contract(method, overrides, check):
+    check(method, **overrides)
 
 
-@pytest.mark.parametrize("method", registry.names())
-def test_pipeline_artifacts(method, tmp_path):
-    contract.check_pipeline_artifacts(method, str(tmp_path / "run"))
+@pytest.mark.parametrize("method,overrides", CASES, ids=IDS)
+def test_pipeline_artifacts(method, overrides, tmp_path):
+    contract.check_pipeline_artifacts(method, str(tmp_path / "run"), **overrides)
+

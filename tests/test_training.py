@@ -573,3 +573,40 @@ def test_progress_bar_shows_means_over_each_log_interval(tmp_path, capsys):
     assert shown[-1] == pytest.approx(np.mean(w[3:6]), abs=1e-4)
     assert shown[0] == pytest.approx(np.mean(w[0:3]), abs=1e-4)
     assert abs(np.mean(w[3:6]) - np.mean(w[0:6])) > 1e-2 and abs(np.mean(w[3:6]) - w[5]) > 1e-2
+
+
+class _ListHeld(keras.Model):
+    """A Keras 3 layer held in a Python list: ``tf.train.Checkpoint`` does not
+    see it through the model."""
+
+    def __init__(self):
+        super().__init__(name="list_held")
+        self.parts = [keras.layers.Dense(1, kernel_initializer="ones", name="part")]
+
+    def call(self, x):
+        return self.parts[0](x)
+
+
+def test_restore_latest_refuses_a_checkpoint_missing_variables(tmp_path):
+    """A checkpoint that lacks some of the model's variables (one written
+    before checkpoints listed every variable, whose list-held layers it
+    missed) is refused with a clear error, not half-restored in silence;
+    written now, it restores them."""
+    task = ScalarTask()
+    task.model = _ListHeld()
+    task.model(tf.zeros([1, 1]))
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=task.model), str(tmp_path / "old"), max_to_keep=1).save()
+    tf.train.CheckpointManager(tf.train.Checkpoint(**task.checkpoint_objects()), str(tmp_path / "new"),
+                               max_to_keep=1).save()
+    fresh = ScalarTask()
+    fresh.model = _ListHeld()
+    fresh.model(tf.zeros([1, 1]))
+    for v in fresh.model.variables:
+        v.assign(tf.fill(v.shape, 7.0))
+    with pytest.raises(ValueError, match=r"does not hold every variable of this model .* train again "
+                                         r"into a fresh --model_dir"):
+        training.restore_latest(str(tmp_path / "old"), **fresh.checkpoint_objects())
+    assert training.restore_latest(str(tmp_path / "none"), **fresh.checkpoint_objects()) is None
+    assert training.restore_latest(str(tmp_path / "new"), **fresh.checkpoint_objects()).endswith("ckpt-1")
+    np.testing.assert_array_equal(fresh.model.parts[0].kernel.numpy(), [[1.0]])
+    np.testing.assert_array_equal(fresh.model.parts[0].bias.numpy(), [0.0])
