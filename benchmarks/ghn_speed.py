@@ -2,8 +2,9 @@
 
     python -m benchmarks.ghn_speed [--image_size=16 --filters=8 --num_cells=3 ...]
 
-Defaults: the GHN quick preset's network (digits at 16x16, 3 cells, 2 stages,
-F=8, groups of 32).
+Defaults: the GHN quick preset's network (digits at 16x16, 3 blocks of 5
+nodes in 2 stages, F=8, the GHN trained on blocks of 3 nodes, groups of 32);
+``--space=cell`` the one-shot quick preset's cell space (3 cells of 4 blocks).
 
 (b) candidates scored per second by ``CandidateScorer`` with the GHN proxy
     (one GHN pass generates the weights of K candidates, each run by the
@@ -33,6 +34,9 @@ from benchmarks.report import print_results
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="dag", choices=("dag", "cell"))
+    p.add_argument("--num_nodes", type=int, default=5, help="--space=dag: nodes per block of the candidates")
+    p.add_argument("--train_nodes", type=int, default=3, help="--space=dag: nodes per block the GHN trains on")
     p.add_argument("--image_size", type=int, default=16)
     p.add_argument("--num_cells", type=int, default=3)
     p.add_argument("--num_stages", type=int, default=2)
@@ -56,8 +60,8 @@ def main(argv=None):
     if args.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
+    from hypernets.ghn import GHNSettings
     from hypernets.ghn.proxy import GHNProxy
-    from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
     from oneshot_tf.retrain import StandaloneTask
     from oneshot_tf.scoring import CandidateScorer, ScoreConfig
 
@@ -65,10 +69,16 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     shape = (args.image_size, args.image_size, 1)
     classes = 10
-    space = CellSearchSpace(num_cells=args.num_cells, num_stages=args.num_stages, filters=args.filters)
-    proxy = GHNProxy(space, input_shape=shape, num_classes=classes, group_size=args.group_size)
+    settings = GHNSettings(space=args.space, num_cells=args.num_cells, num_stages=args.num_stages,
+                           filters=args.filters, num_nodes=args.num_nodes, train_nodes=args.train_nodes)
+    settings.check()
+    space = settings.search_space()
+    train_space = space.with_nodes(args.train_nodes) if args.space == "dag" else None
+    proxy = GHNProxy(space, input_shape=shape, num_classes=classes, group_size=args.group_size,
+                     train_space=train_space)
     proxy.build()
     results = {"machine": platform.processor() or platform.machine(), "tensorflow": tf.__version__,
+               "space": args.space,
                "graph_slots": proxy.graph.num_nodes, "config": vars(args)}
 
     # (b) candidates per second -------------------------------------------------
