@@ -1,7 +1,12 @@
 """GHN weight generation: level-parallel forward-backward against node-by-node
 loops, side by side in one run.
 
-    python -m benchmarks.ghn_propagation [--graphs=32 --nodes=17 --edge_prob=0.3 --repeats=30]
+    python -m benchmarks.ghn_propagation [--graphs=32 --nodes=17 --source=dag --repeats=30]
+
+Graphs: ``--source=dag`` (the default) the blocks of the GHN paper's space
+(``DagSearchSpace(num_nodes=N)``: two input nodes, N operator nodes, the
+concatenation: N + 3 nodes), or ``--source=random`` DAGs of N nodes with
+each forward edge present with probability ``--edge_prob``.
 
 Weight generation is the graph network followed by the hypernet (an MLP of
 2 x 64 shared by all nodes, each node's embedding to a 3x3x16x16 kernel, as
@@ -32,6 +37,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--graphs", type=int, default=32)
     p.add_argument("--nodes", type=int, default=17)
+    p.add_argument("--source", default="dag", choices=("dag", "random"))
     p.add_argument("--edge_prob", type=float, default=0.3)
     p.add_argument("--units", type=int, default=32)
     p.add_argument("--repeats", type=int, default=30)
@@ -44,12 +50,25 @@ def main(argv=None):
     from hypernets.ghn.gnn import GatedGraphNetwork, topological_levels
 
     rng = np.random.default_rng(args.seed)
-    n, d = args.nodes, args.units
+    d = args.units
+    if args.source == "dag":
+        from hypernets.ghn.dag_space import DagSearchSpace
+        space = DagSearchSpace(num_nodes=args.nodes)
+        graphs = [space.graph(space.sample(rng)) for _ in range(args.graphs)]
+        n = len(graphs[0]["nodes"])
+    else:
+        n = args.nodes
     adj = np.zeros((args.graphs, n, n), np.float32)
     levels = np.zeros((args.graphs, n), np.int32)
     serial = np.tile(np.arange(n, dtype=np.int32), (args.graphs, 1))
     for g in range(args.graphs):
-        a = np.triu((rng.random((n, n)) < args.edge_prob).astype(np.float32), 1)  # numbered topologically
+        if args.source == "dag":  # nodes listed in topological order
+            ids = {node["id"]: i for i, node in enumerate(graphs[g]["nodes"])}
+            a = np.zeros((n, n), np.float32)
+            for src, dst in graphs[g]["edges"]:
+                a[ids[src], ids[dst]] = 1.0
+        else:
+            a = np.triu((rng.random((n, n)) < args.edge_prob).astype(np.float32), 1)  # numbered topologically
         adj[g] = a
         levels[g] = topological_levels(a)
     h = rng.normal(size=(args.graphs, n, d)).astype(np.float32)
@@ -79,8 +98,8 @@ def main(argv=None):
 
     variants = {"ppuda loop": ("ppuda", (h, adj, serial)), "one node a level": ("layer", (h, adj, serial)),
                 "level-parallel": ("layer", (h, adj, levels))}
-    print(f"{platform.processor() or platform.machine()}, TensorFlow {tf.__version__}: {args.graphs} graphs of "
-          f"{n} nodes (mean depth {levels.max(1).mean() + 1:.1f} levels), {d} units; weight generation adds "
+    print(f"{platform.processor() or platform.machine()}, TensorFlow {tf.__version__}: {args.graphs} "
+          f"{'DagSearchSpace blocks' if args.source == 'dag' else 'random graphs'} of {n} nodes (mean depth {levels.max(1).mean() + 1:.1f} levels), {d} units; weight generation adds "
           f"the hypernet (2 x 64 -> 3x3x16x16 per node); times relative to level-parallel")
     for with_hypernet, what in ((False, "graph network"), (True, "weight generation")):
         fns = {k: make(how, with_hypernet) for k, (how, _) in variants.items()}
