@@ -152,6 +152,15 @@ class SearchSpace(abc.ABC):
     def from_hyperparameters(self, values: Mapping[str, Any]) -> Any:
         """The architecture of hyperparameter values (validated)."""
 
+    def perturb(self, arch: Any, rng: np.random.Generator, rate: float) -> Optional[Any]:
+        """``arch`` with each of its decisions resampled with probability
+        ``rate`` (at least one), for the refinement and evolution searches.
+        The default, ``None``, lets them resample hyperparameter values one by
+        one, right for spaces whose every combination of values is an
+        architecture; a space whose decisions vary in number or constrain one
+        another (SMASH's memory banks) perturbs architectures itself."""
+        return None
+
     # -- stand-alone models ------------------------------------------------
     @abc.abstractmethod
     def build_model(self, arch: Any, *, input_shape, num_classes: int,

@@ -175,7 +175,12 @@ class _ArchitectureOracle(RandomArchitectureOracle):
         return best
 
     def _mutate(self, values, rng: np.random.Generator, rate: float):
-        """Resample each decision with probability ``rate`` (at least one)."""
+        """Resample each decision with probability ``rate`` (at least one):
+        ``space.perturb`` where the space perturbs its own architectures,
+        else hyperparameter by hyperparameter."""
+        moved = self.space.perturb(self.space.from_hyperparameters(values), rng, rate)
+        if moved is not None:
+            return self.space.to_hyperparameters(moved)
         space = [hp for hp in self.hyperparameters.space]
         out = dict(values)
         chosen = [hp for hp in space if rng.random() < rate] or [space[int(rng.integers(len(space)))]]

@@ -1,0 +1,13 @@
+"""SMASH (Brock et al., *SMASH: One-Shot Model Architecture Search through
+HyperNetworks*, ICLR 2018): a HyperNet generates the 1x1 convolutions of a
+memory-bank network from an encoding of its architecture.
+
+* ``space``: the memory-bank search space (``MemoryBankSpace``, with the
+  paper's ``smash_v1`` and ``smash_v2``): architectures as data, sampling with
+  a per-block budget, validation, SMASH's perturbation, and the encoding
+  tensor c of appendix B;
+* ``models``: the resulting network (every weight free, BN-ReLU-Conv).
+
+Not registered as a method yet: the HyperNet, the SMASH network and its
+proxy come next (issue 14).
+"""
