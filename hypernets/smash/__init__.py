@@ -6,7 +6,10 @@ memory-bank network from an encoding of its architecture.
   paper's ``smash_v1`` and ``smash_v2``): architectures as data, sampling with
   a per-block budget, validation, SMASH's perturbation, and the encoding
   tensor c of appendix B;
-* ``models``: the resulting network (every weight free, BN-ReLU-Conv).
+* ``models``: the resulting network (every weight free, BN-ReLU-Conv);
+* ``hypernet``: the HyperNet (a 26-layer DenseNet over c, simplified
+  WeightNorm) and the channel-based weight compression that turns its output
+  into every op's 1x1 kernel.
 
 Not registered as a method yet: the HyperNet, the SMASH network and its
 proxy come next (issue 14).

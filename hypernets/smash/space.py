@@ -120,8 +120,9 @@ class BankArchitecture:
 class OpLayout:
     """Where one op sits in the network and in c: block, op index, its
     first column of c and how many it spans, its read, 1x1 and output
-    channels, and its offset among all ops' input channels (the rows of the
-    generated 1x1 weight matrix)."""
+    channels, and its first row in the matrix of generated 1x1 weights
+    (``column * depth_compression * base``: the input channels that the op's
+    columns of c describe)."""
 
     block: int
     op: int
@@ -464,16 +465,14 @@ class MemoryBankSpace(SearchSpace):
         """Every op's place in c and in the generated 1x1 weight matrix, in
         network order."""
         self.validate(arch)
-        out, column, row = [], 0, 0
+        out = []
         for i, blk in enumerate(arch.blocks):
-            block_column = sum(self.max_columns(b) for b in range(i))
-            column = block_column
+            column = sum(self.max_columns(b) for b in range(i))
             for j, op in enumerate(blk.ops):
                 n_in = len(op.reads) * blk.bank_size
                 out.append(OpLayout(i, j, column, n_in // self.read_unit, n_in, self.n_bottle(n_in, op.units),
-                                    op.units, row))
+                                    op.units, column * self.read_unit))
                 column += n_in // self.read_unit
-                row += n_in
         return out
 
     @property
