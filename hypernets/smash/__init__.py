@@ -11,6 +11,6 @@ memory-bank network from an encoding of its architecture.
   WeightNorm) and the channel-based weight compression that turns its output
   into every op's 1x1 kernel.
 
-Not registered as a method yet: the HyperNet, the SMASH network and its
-proxy come next (issue 14).
+Not registered as a method yet: the SMASH network (the padded executor that
+runs every architecture in one trace) and its proxy come next (issue 14).
 """
