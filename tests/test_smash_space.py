@@ -90,7 +90,7 @@ def test_samples_are_valid_round_trip_and_share_one_encoding_shape(space):
         for i, blk in enumerate(arch.blocks):
             reads = sum(len(o.reads) * blk.bank_size for o in blk.ops)
             assert reads <= space.max_columns(i) * space.read_unit   # the block's budget
-            assert space.block_banks(i, blk) <= space.max_banks
+            assert space.block_banks(i, blk) * blk.bank_size <= space.capacity
     assert len(seen) >= 35
 
 
@@ -129,7 +129,7 @@ def _op(reads, writes, units, convs=None):
     (BankArchitecture((BankBlock(4, (_op([0], [5], 4),)),)), "writes new banks [5], but new banks are taken in "
                                                              "order from 4"),
     (BankArchitecture((BankBlock(4, (_op([0], [4], 4), _op([1], [5], 4))),)), "op 1: the block would hold 6 "
-                                                                              "banks, more than max_banks=5"),
+                                                                              "banks of 4, more than its capacity"),
     (BankArchitecture((BankBlock(4, (_op([0], [0], 4, (conv3(), conv3(), None, None)),)),)),
      "op 0: convolution pattern [1, 1, 0, 0] is not one of [[1, 0, 0, 0]]"),
     (BankArchitecture((BankBlock(4, (_op([0], [0], 4, (conv3(4), None, None, None)),)),)),

@@ -41,7 +41,8 @@ width unit), which banks (uniform), its units (uniform over multiples of
 the bank size up to ``max_units``), how many banks it writes (from ``units /
 bank_size`` up, each extra bank e times less likely, as the reference code
 prefers fewer writes) and which (uniform over the readable banks and the next
-new ones; at most ``max_banks`` banks per block), its convolution pattern
+new ones; a block holds at most ``max_banks * base`` channels: ``max_banks``
+banks of ``base``, fewer of larger banks), its convolution pattern
 (SMASHv1: one 3x3; SMASHv2: Figure 2(a)'s five patterns with the paper's
 preference for all four: 0.05, 0.1, 0.15, 0.25, 0.45), and per convolution a
 kernel size per axis (uniform over ``kernel_sizes``), a dilation per axis
@@ -217,9 +218,8 @@ class MemoryBankSpace(SearchSpace):
                                 f"depth_compression * base = {unit}")
             sizes = self.bank_sizes(i)
             need(sizes, f"block {i}: no bank size divides its input of {c} channels")
-            need(c // max(sizes) <= self.max_banks and c // min(sizes) <= self.max_banks,
-                 f"block {i}'s input of {c} channels needs {c // min(sizes)} banks of {min(sizes)}, more than "
-                 f"max_banks={self.max_banks}")
+            need(c <= self.capacity, f"block {i}'s input of {c} channels exceeds a block's capacity of "
+                                     f"max_banks * base = {self.capacity} channels")
 
     # -- definition ----------------------------------------------------------
     @property
@@ -241,6 +241,15 @@ class MemoryBankSpace(SearchSpace):
         """The block's read budget in columns of c (``(1 + depth) *
         in_channels`` read channels)."""
         return (1 + self.depth) * self.in_channels(block) // self.read_unit
+
+    @property
+    def capacity(self) -> int:
+        """Channels a block can hold: ``max_banks * base``."""
+        return self.max_banks * self.base
+
+    def banks_limit(self, bank_size: int) -> int:
+        """Banks of ``bank_size`` channels a block can hold."""
+        return self.capacity // bank_size
 
     @property
     def width_columns(self) -> int:
@@ -312,7 +321,7 @@ class MemoryBankSpace(SearchSpace):
 
     def _sample_writes(self, units: int, bs: int, written: int, rng) -> Tuple[Tuple[int, ...], int]:
         n_min = units // bs
-        fresh = list(range(written, min(self.max_banks, written + n_min)))
+        fresh = list(range(written, min(self.banks_limit(bs), written + n_min)))
         pool = list(range(written)) + fresh
         top = min(len(pool), max(n_min, written // 2))
         counts = np.arange(n_min, top + 1)
@@ -388,9 +397,9 @@ class MemoryBankSpace(SearchSpace):
                 raise ArchitectureError(f"{at}: writes new banks {new}, but new banks are taken in order "
                                         f"from {written}")
             written += len(new)
-            if written > self.max_banks:
-                raise ArchitectureError(f"{at}: the block would hold {written} banks, more than "
-                                        f"max_banks={self.max_banks}")
+            if written > self.banks_limit(bs):
+                raise ArchitectureError(f"{at}: the block would hold {written} banks of {bs}, more than its "
+                                        f"capacity of {self.capacity} channels (max_banks * base) allows")
             self._validate_convs(at, op, n_in)
         if columns > self.max_columns(i):
             raise ArchitectureError(f"{where}: its ops read {columns * self.read_unit} channels in all, more "
@@ -603,7 +612,7 @@ class MemoryBankSpace(SearchSpace):
                 else:
                     writes = op.writes
                     new = [b for b in writes if b >= written]
-                    if new != list(range(written, written + len(new))) or written + len(new) > self.max_banks:
+                    if new != list(range(written, written + len(new))) or written + len(new) > self.banks_limit(bs):
                         writes, now = self._sample_writes(units, bs, written, rng)
                     else:
                         now = written + len(new)
