@@ -7,10 +7,12 @@ memory-bank network from an encoding of its architecture.
   a per-block budget, validation, SMASH's perturbation, and the encoding
   tensor c of appendix B;
 * ``models``: the resulting network (every weight free, BN-ReLU-Conv);
+* ``network``: the SMASH network, every architecture padded and masked in
+  one trace (memory tensor, generated 1x1s, learned slot convolutions);
 * ``hypernet``: the HyperNet (a 26-layer DenseNet over c, simplified
   WeightNorm) and the channel-based weight compression that turns its output
   into every op's 1x1 kernel.
 
-Not registered as a method yet: the SMASH network (the padded executor that
-runs every architecture in one trace) and its proxy come next (issue 14).
+Not registered as a method yet: the proxy (training a fresh architecture a
+step, scoring), settings and presets come next (issue 14).
 """
