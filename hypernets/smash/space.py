@@ -304,7 +304,8 @@ class MemoryBankSpace(SearchSpace):
         bs = int(sizes[int(rng.integers(len(sizes)))])
         unit = self.read_unit
         r_min = unit // math.gcd(bs, unit)                     # banks per whole column count
-        budget = max(1, int(rng.uniform(self.min_budget, self.max_budget) * self.max_columns(i)))
+        smallest = r_min * bs // unit                           # columns of the smallest read
+        budget = max(smallest, int(rng.uniform(self.min_budget, self.max_budget) * self.max_columns(i)))
         written = self.in_channels(i) // bs
         used, ops = 0, []
         while (budget - used) * unit >= r_min * bs:

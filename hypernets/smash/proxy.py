@@ -1,0 +1,162 @@
+"""``SmashProxy``: the SMASH network and its HyperNet trained on a fresh
+random architecture every step through the package's one training loop;
+a candidate's score is its validation accuracy with generated weights (the
+SMASH score).
+
+An architecture reaches the compiled step as tensors: the encoding c and the
+padded structure of ``network.network_structure`` (``encode``); one trace
+serves every architecture in training and in scoring.  Training draws the
+step's architecture on the host (``step_inputs``, seeded by the step, so a
+resumed run redraws the same ones).  The loss is the cross entropy plus L2
+weight decay on the freely learned weights (not the HyperNet's, as in the
+reference code).  BN uses batch statistics per group of ``group_size``
+examples in training and scoring (``network`` module docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hypernets.smash.hypernet import HyperNet, weight_matrix
+from hypernets.smash.network import SmashNetwork, network_structure
+from hypernets.smash.space import MemoryBankSpace
+from oneshot_tf.layers import Standardize
+from oneshot_tf.proxy import Proxy
+
+
+class SmashModel(keras.Model):
+    """Standardize, HyperNet and SMASH network: ``call(inputs, num_ghost)``
+    with ``inputs`` holding ``images`` and one architecture's encoding."""
+
+    def __init__(self, space: MemoryBankSpace, *, input_shape, num_classes: int, mean, std, bn_epsilon: float,
+                 growth: int, block_layers: Sequence[int], **kwargs):
+        super().__init__(name=kwargs.pop("name", "smash"), **kwargs)
+        self.space = space
+        self.standardize = Standardize(mean, std, name="standardize")
+        self.hypernet = HyperNet(space.bottleneck * space.depth_compression * space.base ** 2, growth=growth,
+                                 block_layers=block_layers, name="hypernet")
+        self.network = SmashNetwork(space, image_channels=int(input_shape[-1]), num_classes=num_classes,
+                                    bn_epsilon=bn_epsilon, name="network")
+
+    def weights_matrix(self, c):
+        """The generated 1x1 weights of the architecture with encoding ``c`` ``[H, W, C]``."""
+        out = self.hypernet(c[None])[0]
+        return weight_matrix(out, self.space.read_unit, self.space.bottleneck * self.space.base)
+
+    def call(self, inputs, num_ghost: int = 1):
+        enc = {k: v for k, v in inputs.items() if k not in ("images", "c")}
+        x = self.standardize(inputs["images"])
+        return self.network(x, enc, self.weights_matrix(inputs["c"]), num_ghost=num_ghost)
+
+
+class SmashProxy(Proxy):
+    def __init__(self, space: MemoryBankSpace, *, input_shape: Sequence[int], num_classes: int,
+                 mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
+                 weight_decay: float = 1e-4, growth: int = 10, block_layers: Sequence[int] = (8, 10, 4),
+                 bn_epsilon: float = 1e-3):
+        if not isinstance(space, MemoryBankSpace):
+            raise ValueError(f"SMASH searches a memory-bank space, got {space.name or type(space).__name__}")
+        for name, value in [("group_size", group_size), ("growth", growth)]:
+            if int(value) < 1:
+                raise ValueError(f"--{name} must be positive, got {value}")
+        if weight_decay < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {weight_decay}")
+        self.space = space
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        c = self.input_shape[-1]
+        self.mean = [0.0] * c if mean is None else [float(m) for m in mean]
+        self.std = [255.0] * c if std is None else [float(s) for s in std]
+        self._group_size = int(group_size)
+        self.weight_decay = float(weight_decay)
+        self.growth = int(growth)
+        self.block_layers = tuple(int(n) for n in block_layers)
+        self.bn_epsilon = float(bn_epsilon)
+        self.model = None
+
+    @property
+    def group_size(self) -> int:
+        return self._group_size
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"group_size": self._group_size, "weight_decay": self.weight_decay, "growth": self.growth,
+                "block_layers": list(self.block_layers), "bn_epsilon": self.bn_epsilon}
+
+    def validate_batch(self, batch_size: int, num_replicas: int) -> None:
+        unit = num_replicas * self._group_size
+        if batch_size % unit:
+            raise ValueError(f"--batch_size={batch_size} must be a multiple of replicas ({num_replicas}) x "
+                             f"--group_size ({self._group_size}): every replica trains on whole BN groups")
+
+    def build(self) -> None:
+        if self.model is not None:
+            return
+        self.model = SmashModel(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
+                                mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon, growth=self.growth,
+                                block_layers=self.block_layers)
+        enc = self.encode(self.space.sample(np.random.default_rng(0)))
+        self.model({"images": np.zeros((self._group_size,) + self.input_shape, np.uint8), **enc})
+
+    def encode(self, arch) -> Dict[str, np.ndarray]:
+        """c (appendix B) and the padded structure of ``arch``."""
+        return {"c": self.space.encode(arch)["c"], **network_structure(self.space, arch)}
+
+    def _stack(self, encodings: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
+
+    # -- training ----------------------------------------------------------
+    def step_inputs(self, step: int, *, seed, progress: float, global_batch_size: int):
+        """The step's architecture, drawn with the step's seed (``[1, ...]``)."""
+        del step, progress, global_batch_size
+        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.asarray(seed).ravel()])
+        return self._stack([self.encode(self.space.sample(rng))])
+
+    def _free_kernels(self):
+        net = self.model.network
+        return [net.stem, net.dense] + list(net.transitions) + [w for slots in net.slots for w in slots]
+
+    def loss(self, images, labels, *, progress, seed, global_batch_size, num_replicas, replica_id=0,
+             step_inputs=None):
+        del progress, seed, replica_id
+        if step_inputs is None:
+            raise ValueError("SMASH trains on the architecture of step_inputs; none was given")
+        n = int(images.shape[0])
+        if n % self._group_size:
+            raise ValueError(f"a replica batch of {n} does not split into groups of {self._group_size}")
+        enc = {k: v[0] for k, v in step_inputs.items()}
+        logits = tf.cast(self.model({"images": images, **enc}, num_ghost=n // self._group_size), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        ce = ce / global_batch_size
+        l2 = tf.add_n([tf.reduce_sum(tf.square(w)) for w in self._free_kernels()]) * (0.5 * self.weight_decay)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return ce + l2 / num_replicas, {"cross_entropy": ce, "accuracy": correct / global_batch_size}
+
+    # -- scoring -----------------------------------------------------------
+    def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+        k = int(encodings["c"].shape[0])
+
+        def one(i):
+            enc = {name: v[i] for name, v in encodings.items()}
+            im = images if shared_images else images[i]
+            return tf.cast(self.model({"images": im, **enc}, num_ghost=num_ghost), tf.float32)
+
+        if k == 1:
+            return one(0)[None]
+        return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)
+
+    def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
+        """Each candidate on all ``images`` (the HyperNet and network once per
+        candidate, an in-graph loop)."""
+        return self._per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
+
+    def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
+        k = int(encodings["c"].shape[0])
+        n = int(images.shape[0]) // k
+        per = tf.reshape(images, [k, n] + list(images.shape[1:]))
+        out = self._per_candidate(per, encodings, max(1, n // self._group_size), False)
+        return tf.reshape(out, [k * n, -1])
