@@ -144,7 +144,7 @@ def test_cli_prints_the_table_and_refuses_bad_flags(study_dir):
 def test_resolve_refuses_bad_settings():
     with pytest.raises(ValueError, match=r"unknown settings \['nonsense'\] for a study of oneshot"):
         study_lib.resolve("tiny", {"nonsense": 1})
-    with pytest.raises(ValueError, match="^--methods='nope': unknown method 'nope'; available: ghn, oneshot$"):
+    with pytest.raises(ValueError, match="^--methods='nope': unknown method 'nope'; available: ghn, oneshot, smash$"):
         study_lib.resolve("tiny", {"methods": "nope"})
     with pytest.raises(ValueError, match="names a method twice"):
         study_lib.resolve("tiny", {"methods": "oneshot,oneshot"})

@@ -463,7 +463,7 @@ def test_cli_reads_the_method_before_defining_its_flags(capsys):
     with pytest.raises(SystemExit) as info:
         common.define_flags(["run", "--method=darts"])
     assert info.value.code == 1
-    assert capsys.readouterr().err == "error: unknown --method='darts'; available: ghn, oneshot\n"
+    assert capsys.readouterr().err == "error: unknown --method='darts'; available: ghn, oneshot, smash\n"
 
 
 # ---------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def test_rank_unknown_mode_raises():
 @pytest.mark.parametrize("override,message", [
     ({"search": "bayes"}, r"unknown --search='bayes'; choose from random, refine, evolution"),
     ({"ranking": "best"}, r"^unknown --ranking='best'; choose from top, small$"),
-    ({"method": "darts"}, r"^unknown --method='darts'; available: ghn, oneshot$"),
+    ({"method": "darts"}, r"^unknown --method='darts'; available: ghn, oneshot, smash$"),
     ({"precision": "float64"}, r"^unknown --precision='float64'; choose from float32, mixed_bfloat16, mixed_float16$"),
     ({"batch_size": 48}, r"--batch_size=48 must be a multiple of replicas \(1\) x --ghost_batch_size \(32\)"),
     ({"lr_schedule": "linear"}, r"^unknown --lr_schedule='linear'; choose from cosine, constant, cosine_floor, step$"),
