@@ -255,10 +255,6 @@ class MemoryBankSpace(SearchSpace):
     def width_columns(self) -> int:
         return sum(self.max_columns(i) for i in range(self.num_blocks))
 
-    @property
-    def dilation_choices(self) -> int:
-        return self.max_dilation
-
     def get_config(self) -> Dict[str, Any]:
         return {"name": self.name, "num_blocks": self.num_blocks, "filters": self.filters, "base": self.base,
                 "max_units": self.max_units, "variable_banks": self.variable_banks,
