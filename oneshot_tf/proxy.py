@@ -77,3 +77,12 @@ class Proxy(TrainTask):
     @abc.abstractmethod
     def get_config(self) -> Dict[str, Any]:
         """JSON-able settings of the proxy (written into config.json)."""
+
+
+def map_candidates(one, k: int) -> tf.Tensor:
+    """``[k, ...]`` float32: ``one(i)`` for each of ``k`` candidates, as an
+    in-graph loop (``one`` is traced once; a hypernetwork proxy generates and
+    runs one candidate per iteration)."""
+    if k == 1:
+        return one(0)[None]
+    return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)

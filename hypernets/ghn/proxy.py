@@ -33,7 +33,7 @@ from hypernets.ghn.dag_space import DagSearchSpace
 from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.oneshot_model import OneShotCell, OneShotModel
-from oneshot_tf.proxy import Proxy
+from oneshot_tf.proxy import Proxy, map_candidates
 
 #: How the graph network sees a candidate: the whole network as one graph
 #: (GHN-2's), or the stacked GHN's modules one after another (section 4.3).
@@ -367,9 +367,7 @@ class GHNProxy(Proxy):
             im = images if shared_images else images[k_]
             return self.network_logits(values, im, encodings, k_, num_ghost)
 
-        if k == 1:
-            return one(0)[None]
-        return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)
+        return map_candidates(one, k)
 
     def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
         """Each candidate's generated network on all ``images`` (an in-graph

@@ -25,7 +25,7 @@ from hypernets.smash.hypernet import HyperNet, weight_matrix
 from hypernets.smash.network import SmashNetwork, network_structure
 from hypernets.smash.space import MemoryBankSpace
 from oneshot_tf.layers import Standardize
-from oneshot_tf.proxy import Proxy
+from oneshot_tf.proxy import Proxy, map_candidates
 
 
 class SmashModel(keras.Model):
@@ -145,9 +145,7 @@ class SmashProxy(Proxy):
             im = images if shared_images else images[i]
             return tf.cast(self.model({"images": im, **enc}, num_ghost=num_ghost), tf.float32)
 
-        if k == 1:
-            return one(0)[None]
-        return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)
+        return map_candidates(one, k)
 
     def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
         """Each candidate on all ``images`` (the HyperNet and network once per
