@@ -4,10 +4,11 @@ trace for every architecture."""
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from hypernets.smash.hypernet import HyperNet, op_kernel, weight_matrix
-from hypernets.smash.models import pattern_output
+from hypernets.smash.models import GroupedConv2D, pattern_output
 from hypernets.smash.network import SmashNetwork, block_sizes, conv_combos, network_structure
 from hypernets.smash.space import MemoryBankSpace
 from oneshot_tf.methods.oneshot.layers import ghost_batch_norm
@@ -124,3 +125,26 @@ def test_structure_shapes_and_combos():
     assert conv_combos(V2) == [(kh, dh, kw, dw) for kh, dh in ((3, 1), (3, 2), (5, 1))
                                for kw, dw in ((3, 1), (3, 2), (5, 1))]
     assert conv_combos(V1) == [(3, 1, 3, 1), (3, 2, 3, 2), (3, 3, 3, 3)]
+
+
+@pytest.mark.parametrize("groups,dilation", [(1, 1), (2, 2), (4, 1)])
+def test_grouped_conv_equals_keras_grouped_conv(groups, dilation):
+    """The split grouped convolution of the resulting network is Keras'
+    grouped Conv2D with the same kernel: values and gradients."""
+    x = tf.random.normal([2, 6, 6, 8], seed=1)
+    ref = keras.layers.Conv2D(12, (3, 5), padding="same", groups=groups, dilation_rate=dilation, use_bias=False)
+    ours = GroupedConv2D(12, (3, 5), padding="same", groups=groups, dilation_rate=dilation, use_bias=False)
+    ref.build(x.shape)
+    ours.build(x.shape)
+    assert ours.kernel.shape == ref.kernel.shape == (3, 5, 8 // groups, 12)
+    ours.kernel.assign(ref.kernel)
+    outs = []
+    for layer in (ref, ours):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.range(12, dtype=tf.float32))
+        outs.append((y, *tape.gradient(loss, [x, layer.kernel])))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5)
+    assert GroupedConv2D.from_config(ours.get_config()).groups == groups
