@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from oneshot_tf import registry
 from oneshot_tf.config import setting
 
@@ -70,6 +72,17 @@ class SmashSettings:
                                   "statistics, in training and scoring); also the scoring group.", low=1)
     weight_decay: float = setting(1e-4, "L2 coefficient of the SMASH network's freely learned weights (not "
                                         "the HyperNet's).", low=0.0)
+    score_bn: str = setting("batch", "How a SMASH score normalizes: batch (each candidate's batch statistics per "
+                                     "--group_size validation examples, as in training), running (the running "
+                                     "statistics accumulated over training's random architectures, as the "
+                                     "reference code evaluates), recomputed (statistics recomputed per candidate "
+                                     "on --recompute_examples training images).", choices=("batch", "running",
+                                                                                           "recomputed"))
+    recompute_examples: int = setting(256, "--score_bn=recomputed: training images (a seeded draw) whose "
+                                           "statistics every candidate is normalized with.", low=2)
+    running_momentum: float = setting(0.9, "Momentum of the running BN statistics accumulated in training "
+                                           "(--score_bn=running; 0.9: PyTorch's default, the reference code's).",
+                                      low=0.0, high=1.0, high_open=True)
     growth: int = setting(10, "Growth rate of the HyperNet's dense blocks.", low=1)
     hypernet_blocks: str = setting("8,10,4", "Layers of each of the HyperNet's dense blocks (comma-separated).")
 
@@ -95,9 +108,15 @@ def build(cfg, dataset):
     s = cfg.settings
     space = s.search_space()
     mean, std = dataset.channel_stats()
+    calibration = None
+    if s.score_bn == "recomputed":
+        n = min(s.recompute_examples, len(dataset.x_train))
+        calibration = dataset.x_train[np.random.default_rng([cfg.seed, 3]).choice(len(dataset.x_train), n,
+                                                                                 replace=False)]
     proxy = SmashProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes, mean=mean,
                        std=std, group_size=s.group_size, weight_decay=s.weight_decay, growth=s.growth,
-                       block_layers=_ints(s.hypernet_blocks, "hypernet_blocks"))
+                       block_layers=_ints(s.hypernet_blocks, "hypernet_blocks"), score_bn=s.score_bn,
+                       running_momentum=s.running_momentum, calibration_images=calibration)
     return space, proxy
 
 

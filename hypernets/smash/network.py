@@ -28,9 +28,20 @@ the slot convolutions, the transitions (BN-ReLU, 1x1 convolution, 2x2
 average pooling) and the head (BN-ReLU, global average pooling, a dense
 layer) are learned freely, their weights sliced by the number of channels
 the block's banks fill (masked).  BN is the paper's only normalization, at
-the transitions and before the head; here it uses batch statistics per group
-of ``group_size`` examples (``GhostBatchNorm``) in training and scoring, so
-no running statistics accumulated over random architectures enter a score.
+the transitions and before the head (``BankBatchNorm``).  Training always
+normalizes with batch statistics per group of ``group_size`` examples and
+accumulates running statistics of the channels each step's architecture fills;
+a score normalizes with one of (``BN_MODES``):
+
+* ``batch``: the candidate's own batch statistics per group of validation
+  examples, as in training (and as the one-shot method scores);
+* ``running``: the running statistics accumulated over the random
+  architectures of training (what the reference code's evaluation uses);
+* ``recomputed``: statistics recomputed for the candidate on a fixed draw of
+  training images, passed through its network in the same call ahead of the
+  validation images (``calibration``: every BN takes its statistics from
+  those images only, so each layer's statistics are those of the candidate's
+  own calibrated lower layers, as a recompute pass in training mode gives).
 """
 
 from __future__ import annotations
@@ -43,7 +54,73 @@ import tensorflow as tf
 
 from hypernets.smash.hypernet import weight_normalized
 from hypernets.smash.space import BankArchitecture, MemoryBankSpace
-from oneshot_tf.methods.oneshot.layers import GhostBatchNorm
+from oneshot_tf.methods.oneshot.layers import ghost_batch_norm
+
+#: How a score normalizes (module docstring).
+BN_MODES = ("batch", "running", "recomputed")
+
+
+class BankBatchNorm(keras.layers.Layer):
+    """Batch normalization of a block's memory with running statistics.
+
+    ``call(x, num_ghost, mode="batch", calibration=0, update_mask=None)``:
+    ``batch`` normalizes each of ``num_ghost`` consecutive groups with its
+    own statistics (``ghost_batch_norm``), ``running`` with the moving mean
+    and variance, ``recomputed`` every example with the statistics of the
+    first ``calibration`` examples.  With ``update_mask`` (``[channels]``,
+    1 where the architecture fills a channel; training) the moving statistics
+    of those channels take a step ``1 - momentum`` toward the whole batch's
+    (biased variance, as Keras' BatchNormalization); the others keep theirs,
+    so an architecture that does not fill a channel does not pull its
+    statistics toward zero.  Under a distribution strategy the replicas'
+    updates are averaged.
+    """
+
+    def __init__(self, epsilon: float = 1e-3, momentum: float = 0.9, **kwargs):
+        kwargs["autocast"] = False
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros", autocast=False)
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(c,), initializer="zeros", trainable=False,
+                                           autocast=False, aggregation="mean")
+        self.moving_variance = self.add_weight(name="moving_variance", shape=(c,), initializer="ones",
+                                               trainable=False, autocast=False, aggregation="mean")
+
+    def _affine(self, x, mean, var):
+        scale = tf.math.rsqrt(var + self.epsilon) * self.gamma
+        return x * scale + (self.beta - mean * scale)
+
+    def call(self, x, num_ghost: int = 1, mode: str = "batch", calibration: int = 0, update_mask=None):
+        x = tf.cast(x, tf.float32)
+        if update_mask is not None:
+            mean, var = tf.nn.moments(tf.stop_gradient(x), axes=[0, 1, 2])
+            m, keep = self.momentum, tf.cast(update_mask, tf.float32)
+            self.moving_mean.assign(self.moving_mean + (1 - m) * keep * (mean - self.moving_mean))
+            self.moving_variance.assign(self.moving_variance + (1 - m) * keep * (var - self.moving_variance))
+        if mode == "batch":
+            y = ghost_batch_norm(x, self.gamma, self.beta, num_ghost, self.epsilon)
+        elif mode == "running":
+            y = self._affine(x, self.moving_mean, self.moving_variance)
+        elif mode == "recomputed":
+            if not 0 < calibration <= int(x.shape[0]):
+                raise ValueError(f"recomputed statistics need 1 to {x.shape[0]} calibration examples, "
+                                 f"got {calibration}")
+            mean, var = tf.nn.moments(x[:calibration], axes=[0, 1, 2])
+            y = self._affine(x, mean, var)
+        else:
+            raise ValueError(f"unknown BN mode {mode!r}; choose from {', '.join(BN_MODES)}")
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
 
 
 def conv_combos(space: MemoryBankSpace) -> List[Tuple[int, int, int, int]]:
@@ -105,10 +182,11 @@ class SmashNetwork(keras.layers.Layer):
     """``call(images, structure, matrix, num_ghost)``: float32 logits of the
     architecture ``structure`` describes, with 1x1 kernels from ``matrix``
     (``[rows, bottleneck * max_units]``, the HyperNet's for that
-    architecture) on standardized ``images`` (module docstring)."""
+    architecture) on standardized ``images`` (module docstring); ``bn``,
+    ``calibration`` and ``update_stats`` as ``BankBatchNorm`` takes them."""
 
     def __init__(self, space: MemoryBankSpace, *, image_channels: int, num_classes: int, bn_epsilon: float = 1e-3,
-                 **kwargs):
+                 bn_momentum: float = 0.9, **kwargs):
         super().__init__(**kwargs)
         self.space = space
         self.image_channels = int(image_channels)
@@ -123,7 +201,8 @@ class SmashNetwork(keras.layers.Layer):
                                        shape=(self.kmax, self.kmax, self.bottle if s in (0, 2) else units, units))
                        for s in range(4)] for i in range(space.num_blocks)]
         cap = space.capacity
-        self.norms = [GhostBatchNorm(epsilon=bn_epsilon, name=f"bn{i}") for i in range(space.num_blocks)]
+        self.norms = [BankBatchNorm(epsilon=bn_epsilon, momentum=bn_momentum, name=f"bn{i}")
+                      for i in range(space.num_blocks)]
         for bn in self.norms:
             bn.build((None, None, None, cap))
         self.transitions = [self.add_weight(name=f"trans{i}", shape=(1, 1, cap, space.in_channels(i + 1)),
@@ -190,13 +269,16 @@ class SmashNetwork(keras.layers.Layer):
                                maximum_iterations=p)
         return mem
 
-    def call(self, images, structure: Dict[str, tf.Tensor], matrix, num_ghost: int = 1):
+    def call(self, images, structure: Dict[str, tf.Tensor], matrix, num_ghost: int = 1, bn: str = "batch",
+             calibration: int = 0, update_stats: bool = False):
         space = self.space
         x = tf.nn.relu(tf.nn.conv2d(images, self.stem, 1, "SAME"))
         for i in range(space.num_blocks):
             st = {k[len(f"b{i}_"):]: v for k, v in structure.items() if k.startswith(f"b{i}_")}
             mem = self._block(i, x, st, matrix)
-            y = tf.nn.relu(self.norms[i](mem, num_ghost=num_ghost)) * st["out_mask"]
+            y = self.norms[i](mem, num_ghost=num_ghost, mode=bn, calibration=calibration,
+                              update_mask=st["out_mask"] if update_stats else None)
+            y = tf.nn.relu(y) * st["out_mask"]
             if i + 1 < space.num_blocks:
                 y = tf.nn.conv2d(y, self.transitions[i], 1, "SAME")
                 x = tf.nn.avg_pool2d(y, 2, 2, "SAME")

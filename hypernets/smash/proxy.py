@@ -10,19 +10,22 @@ step's architecture on the host (``step_inputs``, seeded by the step, so a
 resumed run redraws the same ones).  The loss is the cross entropy plus L2
 weight decay on the freely learned weights (not the HyperNet's, as in the
 reference code).  BN uses batch statistics per group of ``group_size``
-examples in training and scoring (``network`` module docstring).
+examples in training (accumulating running statistics as it goes); a score
+normalizes as ``score_bn`` says (``network.BN_MODES``: batch statistics per
+group, the running statistics, or statistics recomputed per candidate on
+``calibration_images``, a fixed draw of training images).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from hypernets.smash.hypernet import HyperNet, weight_matrix
-from hypernets.smash.network import SmashNetwork, network_structure
+from hypernets.smash.network import BN_MODES, SmashNetwork, network_structure
 from hypernets.smash.space import MemoryBankSpace
 from oneshot_tf.layers import Standardize
 from oneshot_tf.proxy import Proxy, map_candidates
@@ -33,31 +36,33 @@ class SmashModel(keras.Model):
     with ``inputs`` holding ``images`` and one architecture's encoding."""
 
     def __init__(self, space: MemoryBankSpace, *, input_shape, num_classes: int, mean, std, bn_epsilon: float,
-                 growth: int, block_layers: Sequence[int], **kwargs):
+                 bn_momentum: float, growth: int, block_layers: Sequence[int], **kwargs):
         super().__init__(name=kwargs.pop("name", "smash"), **kwargs)
         self.space = space
         self.standardize = Standardize(mean, std, name="standardize")
         self.hypernet = HyperNet(space.bottleneck * space.depth_compression * space.base ** 2, growth=growth,
                                  block_layers=block_layers, name="hypernet")
         self.network = SmashNetwork(space, image_channels=int(input_shape[-1]), num_classes=num_classes,
-                                    bn_epsilon=bn_epsilon, name="network")
+                                    bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, name="network")
 
     def weights_matrix(self, c):
         """The generated 1x1 weights of the architecture with encoding ``c`` ``[H, W, C]``."""
         out = self.hypernet(c[None])[0]
         return weight_matrix(out, self.space.read_unit, self.space.bottleneck * self.space.base)
 
-    def call(self, inputs, num_ghost: int = 1):
+    def call(self, inputs, num_ghost: int = 1, bn: str = "batch", calibration: int = 0, update_stats: bool = False):
         enc = {k: v for k, v in inputs.items() if k not in ("images", "c")}
         x = self.standardize(inputs["images"])
-        return self.network(x, enc, self.weights_matrix(inputs["c"]), num_ghost=num_ghost)
+        return self.network(x, enc, self.weights_matrix(inputs["c"]), num_ghost=num_ghost, bn=bn,
+                            calibration=calibration, update_stats=update_stats)
 
 
 class SmashProxy(Proxy):
     def __init__(self, space: MemoryBankSpace, *, input_shape: Sequence[int], num_classes: int,
                  mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
                  weight_decay: float = 1e-4, growth: int = 10, block_layers: Sequence[int] = (8, 10, 4),
-                 bn_epsilon: float = 1e-3):
+                 bn_epsilon: float = 1e-3, score_bn: str = "batch", running_momentum: float = 0.9,
+                 calibration_images: Optional[np.ndarray] = None):
         if not isinstance(space, MemoryBankSpace):
             raise ValueError(f"SMASH searches a memory-bank space, got {space.name or type(space).__name__}")
         for name, value in [("group_size", group_size), ("growth", growth)]:
@@ -65,6 +70,20 @@ class SmashProxy(Proxy):
                 raise ValueError(f"--{name} must be positive, got {value}")
         if weight_decay < 0:
             raise ValueError(f"--weight_decay must be >= 0, got {weight_decay}")
+        if score_bn not in BN_MODES:
+            raise ValueError(f"unknown --score_bn={score_bn!r}; choose from {', '.join(BN_MODES)}")
+        if not 0 <= running_momentum < 1:
+            raise ValueError(f"--running_momentum must be in [0, 1), got {running_momentum}")
+        if score_bn == "recomputed":
+            if calibration_images is None or len(calibration_images) < 2:
+                raise ValueError("--score_bn=recomputed needs calibration images (--recompute_examples >= 2 "
+                                 "training images)")
+            calibration_images = np.asarray(calibration_images, np.uint8)
+            if calibration_images.shape[1:] != tuple(int(d) for d in input_shape):
+                raise ValueError(f"calibration images of shape {calibration_images.shape[1:]} for input shape "
+                                 f"{tuple(input_shape)}")
+        else:
+            calibration_images = None
         self.space = space
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
@@ -76,6 +95,9 @@ class SmashProxy(Proxy):
         self.growth = int(growth)
         self.block_layers = tuple(int(n) for n in block_layers)
         self.bn_epsilon = float(bn_epsilon)
+        self.score_bn = score_bn
+        self.running_momentum = float(running_momentum)
+        self.calibration_images = calibration_images
         self.model = None
 
     @property
@@ -84,7 +106,9 @@ class SmashProxy(Proxy):
 
     def get_config(self) -> Dict[str, Any]:
         return {"group_size": self._group_size, "weight_decay": self.weight_decay, "growth": self.growth,
-                "block_layers": list(self.block_layers), "bn_epsilon": self.bn_epsilon}
+                "block_layers": list(self.block_layers), "bn_epsilon": self.bn_epsilon, "score_bn": self.score_bn,
+                "running_momentum": self.running_momentum,
+                "recompute_examples": 0 if self.calibration_images is None else len(self.calibration_images)}
 
     def validate_batch(self, batch_size: int, num_replicas: int) -> None:
         unit = num_replicas * self._group_size
@@ -96,7 +120,8 @@ class SmashProxy(Proxy):
         if self.model is not None:
             return
         self.model = SmashModel(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
-                                mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon, growth=self.growth,
+                                mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon,
+                                bn_momentum=self.running_momentum, growth=self.growth,
                                 block_layers=self.block_layers)
         enc = self.encode(self.space.sample(np.random.default_rng(0)))
         self.model({"images": np.zeros((self._group_size,) + self.input_shape, np.uint8), **enc})
@@ -128,7 +153,8 @@ class SmashProxy(Proxy):
         if n % self._group_size:
             raise ValueError(f"a replica batch of {n} does not split into groups of {self._group_size}")
         enc = {k: v[0] for k, v in step_inputs.items()}
-        logits = tf.cast(self.model({"images": images, **enc}, num_ghost=n // self._group_size), tf.float32)
+        logits = tf.cast(self.model({"images": images, **enc}, num_ghost=n // self._group_size, update_stats=True),
+                         tf.float32)
         labels = tf.cast(labels, tf.int32)
         ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         ce = ce / global_batch_size
@@ -137,13 +163,23 @@ class SmashProxy(Proxy):
         return ce + l2 / num_replicas, {"cross_entropy": ce, "accuracy": correct / global_batch_size}
 
     # -- scoring -----------------------------------------------------------
+    def _score_logits(self, images, enc, num_ghost: int):
+        """One candidate's float32 logits of ``images``, normalized as
+        ``score_bn`` says (the calibration images go first and are dropped)."""
+        if self.score_bn == "recomputed":
+            cal = tf.constant(self.calibration_images)
+            n = int(cal.shape[0])
+            out = self.model({"images": tf.concat([cal, tf.cast(images, cal.dtype)], 0), **enc}, bn="recomputed",
+                             calibration=n)
+            return tf.cast(out[n:], tf.float32)
+        return tf.cast(self.model({"images": images, **enc}, num_ghost=num_ghost, bn=self.score_bn), tf.float32)
+
     def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
         k = int(encodings["c"].shape[0])
 
         def one(i):
             enc = {name: v[i] for name, v in encodings.items()}
-            im = images if shared_images else images[i]
-            return tf.cast(self.model({"images": im, **enc}, num_ghost=num_ghost), tf.float32)
+            return self._score_logits(images if shared_images else images[i], enc, num_ghost)
 
         return map_candidates(one, k)
 
