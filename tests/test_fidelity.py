@@ -89,6 +89,33 @@ def test_ground_truth_is_the_stratified_sample(study_dir):
     assert [c["id"] for c in result["truth_candidates"]] == [ids[i] for i in picks]
 
 
+def test_ground_truth_stratified_by_parameter_count(study_dir, monkeypatch):
+    """--stratify_by=params: the ground truth sample is stratified over the
+    parameter count, whatever the methods score (shared by study runs of
+    other methods or settings)."""
+    d, result = study_dir
+    picked = []
+
+    class Picked(Exception):
+        pass
+
+    def truth_jobs(self, truth_cands):
+        picked.extend(truth_cands)
+        raise Picked()
+
+    monkeypatch.setattr(study_lib.FidelityStudy, "truth_jobs", truth_jobs)
+    study, cfgs = study_lib.resolve("tiny", {"stratify_by": "params"})
+    with pytest.raises(Picked):
+        study_lib.FidelityStudy(study, cfgs, d, verbose=False).run()
+    cands = [__import__("json").loads(line) for line in open(os.path.join(d, "candidates.jsonl"))]
+    ids = [c["id"] for c in cands]
+    picks = study_lib.stratified_sample([float(c["params"]) for c in cands], 4, 0, ids)
+    assert [c["id"] for c in picked] == [ids[i] for i in picks]
+    study, cfgs = study_lib.resolve("tiny", {"stratify_by": "flops"})
+    with pytest.raises(ValueError, match=r"--stratify_by='flops' is neither params nor in --methods \(oneshot\)"):
+        study_lib.FidelityStudy(study, cfgs, d, verbose=False)
+
+
 def test_rerun_trains_nothing(study_dir):
     d, result = study_dir
     before = {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(d, "truth", "*.json"))}
@@ -128,6 +155,7 @@ def test_failing_method_is_reported_in_its_row(study_dir, tmp_path):
     assert "| broken | error: RuntimeError: boom: cannot build" in open(os.path.join(d, "fidelity.md")).read()
 
 
+@pytest.mark.integration  # a study binary subprocess: CI's integration step
 def test_cli_prints_the_table_and_refuses_bad_flags(study_dir):
     d = study_dir[0]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -80,7 +80,8 @@ class StudySettings:
     sgd_steps: str = setting("10,50", "Comma-separated k: the sgd baseline trains each candidate k steps "
                                       "(cosine to zero over k) and scores its validation accuracy.")
     stratify_by: str = setting("", "The method whose score ranking the ground-truth sample is stratified over "
-                                   "(empty: the first method that scored).")
+                                   "(empty: the first method that scored), or params (the parameter count's: "
+                                   "the same ground truth whatever methods or settings a study run scores).")
     zero_cost_batch: int = setting(64, "Training images (a seeded draw) for the NASWOT score.", low=2)
     top_k: int = setting(5, "k of precision at top-k.", low=1)
     bootstrap: int = setting(1000, "Bootstrap resamples of the 95% confidence intervals (0: none).", low=0)
@@ -230,8 +231,9 @@ class FidelityStudy:
         if "sgd" in self.baselines and not self.sgd_steps:
             raise ValueError("--baselines includes sgd but --sgd_steps is empty")
         self.reuse = parse_reuse(study.reuse, self.methods)
-        if study.stratify_by and study.stratify_by not in self.methods:
-            raise ValueError(f"--stratify_by={study.stratify_by!r} is not in --methods ({', '.join(self.methods)})")
+        if study.stratify_by and study.stratify_by not in self.methods + ["params"]:
+            raise ValueError(f"--stratify_by={study.stratify_by!r} is neither params nor in --methods "
+                             f"({', '.join(self.methods)})")
         first = self.cfgs[0]
         if study.num_truth > first.num_candidates:
             raise ValueError(f"--num_truth={study.num_truth} exceeds --num_candidates={first.num_candidates}")
@@ -523,13 +525,15 @@ class FidelityStudy:
         method_rows = [self.score_method(cfg, candidates) for cfg in self.cfgs]
         scored = {r.name: r for r in method_rows if not r.error}
         order = ([self.study.stratify_by] if self.study.stratify_by else []) + self.methods
-        by = next((m for m in order if m in scored), None)
+        by = next((m for m in order if m in scored or m == "params"), None)
         m = self.study.num_truth
         if by is None:
             logging.warning("no method scored; the ground truth is the first %d candidates (a random sample)", m)
             picks = list(range(m))
         else:
-            picks = stratified_sample(scored[by].all_scores, m, self.cfgs[0].seed, [c["id"] for c in candidates])
+            ranked = (np.array([c["params"] for c in candidates], np.float64) if by == "params"
+                      else scored[by].all_scores)
+            picks = stratified_sample(ranked, m, self.cfgs[0].seed, [c["id"] for c in candidates])
         truth_cands = [candidates[i] for i in picks]
         results = self.run_jobs(self.truth_jobs(truth_cands) + self.sgd_jobs(truth_cands))
         truth = self.ground_truth(truth_cands, results)
