@@ -261,6 +261,7 @@ def _saved_model_cli(*args):
     return proc.stdout
 
 
+@pytest.mark.integration  # a saved_model_cli subprocess: CI's integration step
 def test_saved_model_cli_shows_and_runs_raw_images(winner, digits, raw_digits, tmp_path):
     path = os.path.join(winner[0], "saved_model")
     shown = _saved_model_cli("show", "--dir", path, "--tag_set", "serve", "--all")

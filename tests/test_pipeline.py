@@ -424,6 +424,7 @@ print("RESULTS " + json.dumps(out))
 """
 
 
+@pytest.mark.integration  # subprocesses of the binaries: CI's integration step
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     """An unavailable tfds dataset, a --model_dir that is a file, an
     unknown method, a flag of another method: one ``error:`` line each."""
@@ -594,6 +595,7 @@ def test_tuner_searches_write_candidates_and_resume(e2e, tmp_path, monkeypatch, 
     assert run.winners()[0]["score"] == max(r["score"] for r in lines)
 
 
+@pytest.mark.integration  # a search subprocess killed mid-run: CI's integration step
 def test_killed_search_process_resumes_without_losing_or_repeating(e2e, tmp_path):
     """SIGKILL the real experiments.score process in the middle of a
     keras-tuner search, run it again: every candidate is scored exactly once,
@@ -643,6 +645,7 @@ def test_killed_search_process_resumes_without_losing_or_repeating(e2e, tmp_path
             assert r["score"] == pytest.approx(first[r["id"]])
 
 
+@pytest.mark.integration  # a whole pipeline on a fake filesystem: CI's integration step
 def test_every_artifact_goes_through_gfile(tmp_path, monkeypatch):
     """A run on TensorFlow's in-memory file system (ram://, a stand-in for
     gs://): every step works and every artifact lands there, nothing on the

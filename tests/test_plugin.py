@@ -277,6 +277,7 @@ def test_whole_pipeline_with_a_fresh_architecture_per_step(tmp_path):
                                  8: 0.0025})
 
 
+@pytest.mark.integration  # a second whole pipeline and three trainings: CI's integration step
 def test_evolution_search_and_resumed_training(tmp_path, monkeypatch):
     """An evolution search through the toy method; training killed after its
     first checkpoint resumes and draws exactly what an uninterrupted run draws."""

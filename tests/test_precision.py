@@ -357,6 +357,7 @@ def test_standalone_mixed_matches_float32(precision, reference):
     _assert_close(masked, expected[True], precision)
 
 
+@pytest.mark.integration  # two mixed-precision trainings and a resume: CI's integration step
 def test_mixed_float16_training_uses_loss_scaling_and_resumes(tmp_path):
     """train() under mixed_float16: the optimizer is Keras's LossScaleOptimizer,
     losses and metrics are finite float32, variables stay float32, and a
@@ -385,6 +386,7 @@ def test_mixed_float16_training_uses_loss_scaling_and_resumes(tmp_path):
     assert current_precision() == "float32"
 
 
+@pytest.mark.integration  # a whole pipeline in bfloat16: CI's integration step
 def test_pipeline_runs_in_mixed_bfloat16(tmp_path):
     """The whole pipeline with --precision=mixed_bfloat16: the proxy trains
     and scores, the winner retrains and its SavedModel serves float32
