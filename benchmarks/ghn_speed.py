@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from benchmarks.report import print_results
+from benchmarks.steps import adam_step
 
 
 def main(argv=None):
@@ -146,23 +147,7 @@ def main(argv=None):
     x = tf.constant(rng.integers(0, 256, (args.batch_size,) + shape).astype(np.uint8))
     y = tf.constant(rng.integers(0, classes, args.batch_size).astype(np.int64))
 
-    def step_fn(task, **loss_kwargs):
-        variables = task.trainable_variables
-        opt = keras.optimizers.Adam(1e-3)
-        opt.build(variables)
-
-        @tf.function
-        def step(images, labels, step_inputs):
-            with tf.GradientTape() as tape:
-                kwargs = {"step_inputs": step_inputs} if step_inputs is not None else {}
-                loss, _ = task.loss(images, labels, progress=tf.constant(0.5), seed=tf.constant([1, 2]),
-                                    global_batch_size=args.batch_size, num_replicas=1, **kwargs)
-            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
-
-        return step
-
-    ghn_step = step_fn(proxy)
+    ghn_step = adam_step(proxy, proxy.trainable_variables, args.batch_size)
     inputs = [proxy.step_inputs(i, seed=np.array([0, i]), progress=0.0, global_batch_size=args.batch_size)
               for i in range(args.train_steps)]
     ghn_step(x, y, inputs[0]).numpy()
@@ -170,7 +155,7 @@ def main(argv=None):
     for a in space.sample_unique(args.train_candidates, seed=5):
         task = StandaloneTask(lambda a=a: space.build_model(a, input_shape=shape, num_classes=classes))
         task.build()
-        s = step_fn(task)
+        s = adam_step(task, task.trainable_variables, args.batch_size)
         s(x, y, None).numpy()
         standalone.append(s)
 
