@@ -280,6 +280,14 @@ def panels_png(panels: Sequence[Dict[str, Any]], *, ylabel: str, title: str = ""
         ax.set_ylabel(p.get("ylabel", ylabel), fontsize=8)
         ax.set_title(p["title"], fontsize=8)
         ax.tick_params(labelsize=7)
+    return figure_png(fig, title)
+
+
+def figure_png(fig, title: str = "") -> bytes:
+    """A finished matplotlib figure as PNG bytes (a title on top, tight
+    layout, 90 dpi), the figure closed."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -118,6 +118,37 @@ class BankArchitecture:
 
 
 @dataclasses.dataclass(frozen=True)
+class SlotChannels:
+    """Channels of one convolution slot's fields in c (``None``: the space
+    does not encode that field)."""
+
+    dilation: slice
+    kernel: Optional[slice] = None
+    groups: Optional[slice] = None
+    active: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelMap:
+    """The channels of c (``MemoryBankSpace.channel_map``, which ``encode``
+    writes through): read banks, write banks, and per convolution slot its
+    fields (one slot for a single-convolution space, four for a 2x2 space)."""
+
+    reads: slice
+    writes: slice
+    slots: Tuple[SlotChannels, ...]
+    channels: int
+
+    def to_json(self) -> Dict[str, Any]:
+        def rng(s):
+            return None if s is None else [s.start, s.stop]
+
+        return {"channels": self.channels, "reads": rng(self.reads), "writes": rng(self.writes),
+                "slots": [{"dilation": rng(s.dilation), "kernel": rng(s.kernel), "groups": rng(s.groups),
+                           "active": s.active} for s in self.slots]}
+
+
+@dataclasses.dataclass(frozen=True)
 class OpLayout:
     """Where one op sits in the network and in c: block, op index, its
     first column of c and how many it spans, its read, 1x1 and output
@@ -492,35 +523,49 @@ class MemoryBankSpace(SearchSpace):
     def encoding_shape(self) -> Tuple[int, int, int]:
         return (self.max_units // self.base, self.width_columns, self.encoding_channels)
 
+    def channel_map(self) -> ChannelMap:
+        """Where each field of an op's channel vector sits in c (module docstring)."""
+        m = self.max_banks
+        at = 2 * m
+        if self.op_kind == "single":
+            slots = (SlotChannels(dilation=slice(at, at + self.max_dilation)),)
+            at += self.max_dilation
+        else:
+            d, k, g = self.max_dilation, len(self.kernel_sizes), len(self.groups)
+            slots = []
+            for _ in range(4):
+                slots.append(SlotChannels(dilation=slice(at, at + 2 * d), kernel=slice(at + 2 * d, at + 2 * d + 2 * k),
+                                          groups=slice(at + 2 * d + 2 * k, at + 2 * d + 2 * k + g),
+                                          active=at + 2 * d + 2 * k + g))
+                at += 2 * d + 2 * k + g + 1
+            slots = tuple(slots)
+        return ChannelMap(slice(0, m), slice(m, 2 * m), slots, at)
+
     def encode(self, arch: BankArchitecture) -> Dict[str, np.ndarray]:
         """``{"c": [H, W, C]}`` (module docstring; each block's ops start at
         the block's first column, so a block's columns do not move when an
-        earlier block changes)."""
+        earlier block changes; channels as ``channel_map`` says)."""
         c = np.zeros(self.encoding_shape, np.float32)
-        m = self.max_banks
+        cmap = self.channel_map()
+        d, k = self.max_dilation, len(self.kernel_sizes)
         for lay in self.layout(arch):
             op = arch.blocks[lay.block].ops[lay.op]
-            rows, cols = slice(0, op.units // self.base), slice(lay.column, lay.column + lay.columns)
+            cell = c[0:op.units // self.base, lay.column:lay.column + lay.columns]   # a view
             for b in op.reads:
-                c[rows, cols, b] = 1.0
+                cell[..., cmap.reads.start + b] = 1.0
             for b in op.writes:
-                c[rows, cols, m + b] = 1.0
-            base = 2 * m
-            if self.op_kind == "single":
-                c[rows, cols, base + op.convs[0].dilation[0] - 1] = 1.0
-                continue
-            for conv in op.convs:
-                if conv is not None:
-                    at = base
-                    for d in conv.dilation:
-                        c[rows, cols, at + d - 1] = 1.0
-                        at += self.max_dilation
-                    for k in conv.kernel:
-                        c[rows, cols, at + self.kernel_sizes.index(k)] = 1.0
-                        at += len(self.kernel_sizes)
-                    c[rows, cols, at + self.groups.index(conv.groups)] = 1.0
-                    c[rows, cols, at + len(self.groups)] = 1.0
-                base += 2 * self.max_dilation + 2 * len(self.kernel_sizes) + len(self.groups) + 1
+                cell[..., cmap.writes.start + b] = 1.0
+            for conv, slot in zip(op.convs, cmap.slots):
+                if conv is None:
+                    continue
+                if slot.kernel is None:          # a single convolution: one dilation for both axes
+                    cell[..., slot.dilation.start + conv.dilation[0] - 1] = 1.0
+                    continue
+                for axis in range(2):
+                    cell[..., slot.dilation.start + axis * d + conv.dilation[axis] - 1] = 1.0
+                    cell[..., slot.kernel.start + axis * k + self.kernel_sizes.index(conv.kernel[axis])] = 1.0
+                cell[..., slot.groups.start + self.groups.index(conv.groups)] = 1.0
+                cell[..., slot.active] = 1.0
         return {"c": c}
 
     def describe(self, arch: BankArchitecture) -> str:
