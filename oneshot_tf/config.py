@@ -93,6 +93,9 @@ class RunConfig:
     lr_decay_factor: float = setting(0.5, "For --lr_schedule=step: the factor applied at each --lr_decay_at.",
                                      low=0.0, high=1.0, low_open=True, high_open=True)
     augment: bool = setting(True, "Random crop after 4-pixel padding (plus horizontal flips on natural images).")
+    proxy_ensemble: int = setting(1, "Proxies trained with different seeds (DIR/proxy, DIR/proxy_1, ...); a "
+                                     "candidate's scores are their mean (SMASH's ensemble of HyperNets, its "
+                                     "Figure 5b), each member's kept as member_<i>_score.", low=1)
     # scoring
     search: str = setting("random", "How candidates are chosen: random (the papers' method), refine (SMASH's "
                                     "perturbation chain) or evolution (regularized evolution); keras-tuner "
@@ -166,6 +169,8 @@ class RunConfig:
             del out["lr_floor"]
         if self.lr_schedule != "step":
             del out["lr_decay_at"], out["lr_decay_factor"]
+        if self.proxy_ensemble == 1:
+            del out["proxy_ensemble"]  # a directory of one proxy keeps its identity from before the setting
         if self.settings is not None:
             out.update({f.name: getattr(self.settings, f.name) for f in fields(type(self.settings))
                         if f.metadata["identity"]})

@@ -37,7 +37,7 @@ from oneshot_tf import plots
 from oneshot_tf import precision
 from oneshot_tf import registry
 from oneshot_tf.retrain import brief_train, retrain_and_export
-from oneshot_tf.scoring import CandidateScorer, CandidateStore, ScoreConfig, rank_candidates
+from oneshot_tf.scoring import CandidateScorer, CandidateStore, EnsembleScorer, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
@@ -93,6 +93,8 @@ class SearchRun:
         precision.set_precision(cfg.precision)  # models built from here on use it
         self.dataset = load_data(cfg)
         self.space, self.proxy = method.build(cfg, self.dataset)
+        # the ensemble's other members: the same method's proxies, trained with other seeds
+        self.proxies = [self.proxy] + [method.build(cfg, self.dataset)[1] for _ in range(cfg.proxy_ensemble - 1)]
         self.proxy.validate_batch(cfg.batch_size, replicas)
         self.space.widened(cfg.retrain_width)  # refused now, not after the search
         self._write_config()
@@ -152,37 +154,66 @@ class SearchRun:
     def proxy_dir(self) -> str:
         return io_utils.join(self.model_dir, "proxy")
 
+    @property
+    def proxy_dirs(self) -> List[str]:
+        """Each ensemble member's directory: DIR/proxy, DIR/proxy_1, ..."""
+        return [self.proxy_dir] + [io_utils.join(self.model_dir, f"proxy_{i}") for i in range(1, len(self.proxies))]
+
+    @staticmethod
+    def member_seed_offset(member: int) -> int:
+        """Member ``i`` initializes and trains with seed ``--seed + 1000 i``."""
+        return 1000 * member
+
+    def proxy_trained(self) -> bool:
+        return all(checkpoint_step(d) >= self.cfg.train_steps for d in self.proxy_dirs)
+
     # -- step 1 ------------------------------------------------------------
     def train_proxy(self) -> Dict[str, float]:
+        """Train the proxy (every ensemble member, one after the other; each
+        resumes from its own checkpoints).  The metrics are the first
+        member's, with every member's under ``members`` for an ensemble."""
         c = self.cfg
         decay_at = c.lr_decay_fractions() if c.lr_schedule == "step" else ()
-        return train(self.proxy, self.dataset.x_train, self.dataset.y_train,
-                     self._train_config(c.train_steps, c.batch_size, c.learning_rate,
-                                        optimizer=c.optimizer, lr_schedule=c.lr_schedule, lr_floor=c.lr_floor,
-                                        lr_decay_at=decay_at, lr_decay_factor=c.lr_decay_factor),
-                     self.proxy_dir, strategy=self.strategy,
-                     summary_dir=io_utils.join(self.proxy_dir, "train"), description="proxy training")
+        metrics = []
+        for i, (proxy, directory) in enumerate(zip(self.proxies, self.proxy_dirs)):
+            offset = self.member_seed_offset(i)
+            if i:
+                keras.utils.set_random_seed(c.seed + offset)  # this member's initialization
+            metrics.append(train(proxy, self.dataset.x_train, self.dataset.y_train,
+                                 self._train_config(c.train_steps, c.batch_size, c.learning_rate, seed_offset=offset,
+                                                    optimizer=c.optimizer, lr_schedule=c.lr_schedule,
+                                                    lr_floor=c.lr_floor, lr_decay_at=decay_at,
+                                                    lr_decay_factor=c.lr_decay_factor),
+                                 directory, strategy=self.strategy, summary_dir=io_utils.join(directory, "train"),
+                                 description="proxy training" if len(self.proxies) == 1
+                                 else f"proxy training (member {i + 1} of {len(self.proxies)})"))
+        return metrics[0] if len(metrics) == 1 else {**metrics[0], "members": metrics}
 
     def restore_proxy(self):
+        """Build and restore the trained proxy (every ensemble member); returns the first."""
         distribute.barrier(self.strategy)  # the chief's last checkpoint is written
-        step = checkpoint_step(self.proxy_dir)
-        if step < self.cfg.train_steps:
-            raise ProxyNotTrainedError(
-                f"the proxy in {self.proxy_dir} has trained {step} of {self.cfg.train_steps} steps; "
-                f"run experiments.train (or experiments.run) on this --model_dir first")
-        with self.strategy.scope():
-            self.proxy.build()
-        restore_latest(self.proxy_dir, **self.proxy.checkpoint_objects())
+        for proxy, directory in zip(self.proxies, self.proxy_dirs):
+            step = checkpoint_step(directory)
+            if step < self.cfg.train_steps:
+                raise ProxyNotTrainedError(
+                    f"the proxy in {directory} has trained {step} of {self.cfg.train_steps} steps; "
+                    f"run experiments.train (or experiments.run) on this --model_dir first")
+            with self.strategy.scope():
+                proxy.build()
+            restore_latest(directory, **proxy.checkpoint_objects())
         return self.proxy
 
     # -- step 2 ------------------------------------------------------------
-    def make_scorer(self) -> CandidateScorer:
+    def make_scorer(self):
+        """The ``CandidateScorer`` of the proxy (an ``EnsembleScorer`` of
+        every member's for an ensemble)."""
         c = self.cfg
-        scorer = CandidateScorer(self.proxy, ScoreConfig(
-            candidates_per_pass=c.candidates_per_pass, group_size=self.proxy.group_size,
+        scorers = [CandidateScorer(proxy, ScoreConfig(
+            candidates_per_pass=c.candidates_per_pass, group_size=proxy.group_size,
             max_examples=c.score_examples or None, kl_examples=c.kl_examples, seed=c.seed,
-            jit_compile=c.jit_compile, verbose=self.verbose), strategy=self.strategy)
-        return scorer.prepare(self.dataset.x_val, self.dataset.y_val, self.dataset.x_train)
+            jit_compile=c.jit_compile, verbose=self.verbose), strategy=self.strategy).prepare(
+                self.dataset.x_val, self.dataset.y_val, self.dataset.x_train) for proxy in self.proxies]
+        return scorers[0] if len(scorers) == 1 else EnsembleScorer(scorers)
 
     @property
     def candidates_path(self) -> str:
@@ -225,7 +256,7 @@ class SearchRun:
             if tf.io.gfile.exists(src):
                 io_utils.copy(src, dst)
 
-    def make_tuner(self, scorer: CandidateScorer, store: CandidateStore, root: Optional[str] = None):
+    def make_tuner(self, scorer, store: CandidateStore, root: Optional[str] = None):
         """The keras-tuner search of ``--search`` (``tuner.make_oracle``;
         project in DIR/tuner), scoring with ``scorer``."""
         from oneshot_tf import tuner as tuner_lib

@@ -206,6 +206,33 @@ class CandidateScorer:
                  **({"kl": float(kl[i])} if self._ref is not None else {})} for i in range(n)]
 
 
+class EnsembleScorer:
+    """The scorers of several proxies of one method trained with different
+    seeds (``--proxy_ensemble``; SMASH's ensemble of HyperNets, its Figure
+    5b): a candidate's every score (``score``, ``accuracy``, ``kl``) is the
+    members' mean, and ``member_<i>_score`` is member ``i``'s ``score``.  The
+    members' proxies encode an architecture alike (one method, one space):
+    the first member's encodes for all."""
+
+    def __init__(self, scorers: Sequence[CandidateScorer]):
+        if len(scorers) < 2:
+            raise ValueError(f"an ensemble needs at least 2 scorers, got {len(scorers)}")
+        if len({s.cfg.candidates_per_pass for s in scorers}) != 1:
+            raise ValueError("the ensemble's scorers score different numbers of candidates per pass")
+        self.scorers = list(scorers)
+        self.proxy = scorers[0].proxy
+        self.cfg = scorers[0].cfg
+
+    @property
+    def trace_count(self) -> int:
+        return sum(s.trace_count for s in self.scorers)
+
+    def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
+        per = [s.score_encodings(encodings) for s in self.scorers]
+        return [{**{k: float(np.mean([p[i][k] for p in per])) for k in per[0][i]},
+                 **{f"member_{j}_score": p[i]["score"] for j, p in enumerate(per)}} for i in range(len(encodings))]
+
+
 class CandidateStore:
     """candidates.jsonl: one JSON object per scored candidate, appended.
 
@@ -267,8 +294,6 @@ def candidate_record(space, arch, scores: Dict[str, float], *, index: int, metho
             "architecture": space.to_json(arch), **scores,
             "params": space.count_params(arch, input_shape=input_shape, num_classes=num_classes),
             "flops": space.count_flops(arch, input_shape=input_shape, num_classes=num_classes)}
-
-
 
 
 def rank_candidates(records: Sequence[Dict[str, Any]], mode: str = "top",

@@ -277,6 +277,43 @@ def test_whole_pipeline_with_a_fresh_architecture_per_step(tmp_path):
                                  8: 0.0025})
 
 
+def test_proxy_ensemble_trains_members_with_their_own_seeds_and_averages_their_scores(tmp_path):
+    """--proxy_ensemble=2: two proxies (DIR/proxy, DIR/proxy_1) trained with
+    seeds 0 and 1000; a candidate's score is the mean of the two members'
+    scores, each equal to what that member's own scorer gives; a rerun
+    trains and scores nothing."""
+    from oneshot_tf.scoring import CandidateScorer, EnsembleScorer, ScoreConfig
+    cfg = config_lib.resolve("tiny", {"proxy_ensemble": 2, "train_steps": 4, "num_candidates": 4}, method=NAME)
+    assert cfg.identity()["proxy_ensemble"] == 2 and "proxy_ensemble" not in config_lib.resolve(
+        "tiny", {}, method=NAME).identity()                     # one proxy: the identity of before
+    run = pipeline.SearchRun(cfg, str(tmp_path / "run"), verbose=False)
+    assert run.proxy_dirs == [str(tmp_path / "run" / "proxy"), str(tmp_path / "run" / "proxy_1")]
+    run.train_proxy()
+    a, b = run.proxies
+    seeds = [np.random.default_rng([0, s]) for s in range(4)] + [np.random.default_rng([1000, s]) for s in range(4)]
+    assert [a.drawn[s] for s in range(4)] + [b.drawn[s] for s in range(4)] == [run.space.sample(r) for r in seeds]
+    assert any(np.abs(x.numpy() - y.numpy()).max() > 1e-3 for x, y in zip(a.model.weights, b.model.weights))
+    records = run.score()
+    fresh = pipeline.SearchRun(cfg, str(tmp_path / "run"), verbose=False)
+    fresh.restore_proxy()
+    scorer = fresh.make_scorer()
+    assert isinstance(scorer, EnsembleScorer) and scorer.proxy is fresh.proxy
+    encodings = [fresh.proxy.encode(run.space.from_json(r["architecture"])) for r in records[:2]]
+    members = [CandidateScorer(p, ScoreConfig(candidates_per_pass=cfg.candidates_per_pass, group_size=8,
+                                              kl_examples=0)).prepare(fresh.dataset.x_val, fresh.dataset.y_val)
+               for p in fresh.proxies]
+    own = [m.score_encodings(encodings) for m in members]
+    for i, r in enumerate(records[:2]):
+        assert r["member_0_score"] == own[0][i]["score"] and r["member_1_score"] == own[1][i]["score"]
+        assert r["score"] == pytest.approx((own[0][i]["score"] + own[1][i]["score"]) / 2)
+    assert any(r["member_0_score"] != r["member_1_score"] for r in records)   # two proxies, not one twice
+    before = os.stat(os.path.join(str(tmp_path / "run"), "candidates.jsonl")).st_mtime_ns
+    again = pipeline.SearchRun(cfg, str(tmp_path / "run"), verbose=False)
+    assert again.proxy_trained()
+    again.score()
+    assert os.stat(os.path.join(str(tmp_path / "run"), "candidates.jsonl")).st_mtime_ns == before
+
+
 @pytest.mark.integration  # a second whole pipeline and three trainings: CI's integration step
 def test_evolution_search_and_resumed_training(tmp_path, monkeypatch):
     """An evolution search through the toy method; training killed after its

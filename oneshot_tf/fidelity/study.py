@@ -339,7 +339,6 @@ class FidelityStudy:
         import tensorflow as tf
         from oneshot_tf import pipeline
         from oneshot_tf.scoring import CandidateStore
-        from oneshot_tf.training import checkpoint_step
         directory = self._proxy_dir(cfg)
         if cfg.method in self.reuse:
             stored = io_utils.read_json(io_utils.join(directory, "config.json"))
@@ -349,7 +348,7 @@ class FidelityStudy:
             raise ValueError(f"{directory} holds a search on other data or another space than this study's")
         cost_path = io_utils.join(directory, "study_cost.json")
         cost = io_utils.read_json(cost_path) if tf.io.gfile.exists(cost_path) else {"train_seconds": None}
-        if checkpoint_step(run.proxy_dir) < cfg.train_steps:
+        if not run.proxy_trained():
             logging.info("training the %s proxy in %s", cfg.method, directory)
             t0 = time.time()
             run.train_proxy()
