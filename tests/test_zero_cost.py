@@ -83,6 +83,20 @@ def test_synflow_removes_batch_norm_and_standardize():
     assert synflow(_two_layer(standardize=True)) == pytest.approx(2 * r, rel=1e-12)
 
 
+def test_synflow_through_a_sliced_tensor():
+    """A functional slice (``x[..., :2]``, a stateless operation of the graph,
+    as the memory-bank models' banks) is kept in the float64 clone: Dense(3)
+    with |W| = 2 on the first 2 of 4 ones, then Dense(1) with |V| = 3:
+    R = 3 * 3 * 2 * 2 = 36 and synflow = 2R (two homogeneous layers)."""
+    inp = keras.Input((4,))
+    x = keras.layers.Dense(3, use_bias=False, name="d1")(inp[..., :2])
+    out = keras.layers.Dense(1, use_bias=False, name="d2")(x)
+    model = keras.Model(inp, out, name="sliced")
+    model.get_layer("d1").set_weights([np.full((2, 3), -2.0, np.float32)])
+    model.get_layer("d2").set_weights([np.full((3, 1), 3.0, np.float32)])
+    assert synflow(model) == pytest.approx(72.0, rel=1e-12)
+
+
 def test_synflow_float64_where_float32_overflows():
     """A chain of 4 Dense(4, dtype="float32") with weights +-2^40: per unit
     after L layers 4^L 2^(40L), R = 4 * 4^4 * 2^160 = 2^170 (> 3.4e38), and

@@ -59,6 +59,8 @@ def _float64_clone(model: keras.Model) -> Tuple[keras.Model, List[Tuple[keras.la
             return _CastToFloat64(name=layer.name, dtype="float64")
         if isinstance(layer, keras.layers.BatchNormalization):
             return _CastToFloat64(name=layer.name, dtype="float64")
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation of the graph (e.g. a slice, ``x[..., a:b]``): dtype-agnostic
         config = layer.get_config()
         # The config's dtype is a serialized DTypePolicy (e.g. the float32 of
         # a head declared dtype="float32", or a mixed policy); a plain
