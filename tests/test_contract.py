@@ -1,7 +1,8 @@
 """The method contract (``tests/contract.py``) over every registered method:
 a method joins these tests by registering, with no test edits, and so do
 the variants it registers (``Method.variants``, e.g. GHN's ``--space=cell``),
-except for the whole-pipeline test, run once per method."""
+except for the whole-pipeline test, run once per method in the integration
+tier."""
 
 import pytest
 
@@ -20,7 +21,9 @@ def test_contract(method, overrides, check):
 
 
 # The whole pipeline once per method (a variant changes the space or the proxy, which the checks above
-# cover; its pipeline is the method's): the unit suite's time.
+# cover; its pipeline is the method's), in CI's integration step: the unit suite's time (the toy method of
+# test_plugin.py and the one-shot binary of test_pipeline.py run whole pipelines in the unit suite).
+@pytest.mark.integration
 @pytest.mark.parametrize("method", [m for m, o in CASES if not o])
 def test_pipeline_artifacts(method, tmp_path):
     contract.check_pipeline_artifacts(method, str(tmp_path / "run"))

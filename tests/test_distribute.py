@@ -125,6 +125,7 @@ def _run(strategy, model_dir, steps, *, init=None, lr=0.05):
     return proxy, metrics
 
 
+@pytest.mark.integration  # two trainings on two replicas and one device: CI's integration step
 def test_mirrored_two_replicas_equal_one_device(tmp_path):
     """Same data, same masks (drawn for the global batch), same loss and
     gradients: after one step the weights moved by the same gradient (that

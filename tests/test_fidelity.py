@@ -211,6 +211,7 @@ def _tiny_space(filters=8):
     return space, ds
 
 
+@pytest.mark.integration  # a stand-alone training to accuracy: CI's integration step
 def test_short_run_is_far_above_chance(tmp_path):
     """130 steps at Keras's default BN momentum 0.99: with the moving
     averages as trained, test accuracy is at chance (0.1); with the
