@@ -21,8 +21,8 @@ def test_contract(method, overrides, check):
 
 
 # The whole pipeline once per method (a variant changes the space or the proxy, which the checks above
-# cover; its pipeline is the method's), in CI's integration step: the unit suite's time (the toy method of
-# test_plugin.py and the one-shot binary of test_pipeline.py run whole pipelines in the unit suite).
+# cover; its pipeline is the method's), in CI's integration step: the unit suite's time (the one-shot binary
+# of test_pipeline.py runs a whole pipeline in the unit suite, the toy method of test_plugin.py trains and scores).
 @pytest.mark.integration
 @pytest.mark.parametrize("method", [m for m, o in CASES if not o])
 def test_pipeline_artifacts(method, tmp_path):

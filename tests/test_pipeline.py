@@ -714,6 +714,7 @@ def test_best_of_reorders_the_shortlist_by_brief_validation_accuracy(e2e, tmp_pa
     assert calls[0][1] == os.path.join(str(model_dir), "best_of", ids[0]) and calls[0][2] == 100
 
 
+@pytest.mark.integration  # brief and full stand-alone trainings, resumed: CI's integration step
 def test_best_of_trains_briefly_retrains_the_best_and_resumes(e2e, tmp_path, monkeypatch):
     model_dir = _scored_copy(e2e, tmp_path)
     flags = {"best_of": 2, "num_winners": 1, "best_of_steps": 2, "retrain_steps": 2}

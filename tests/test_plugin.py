@@ -251,6 +251,7 @@ def test_contract(check):
     check(NAME)
 
 
+@pytest.mark.integration  # a whole pipeline with retraining and export: CI's integration step
 def test_whole_pipeline_with_a_fresh_architecture_per_step(tmp_path):
     """Train (Adam, step decay, a host-drawn architecture per step, one
     trace), score with random search, retrain, export; a rerun does nothing."""
