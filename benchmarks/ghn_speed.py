@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from benchmarks.report import print_results
-from benchmarks.steps import adam_step
+from benchmarks.steps import adam_step, scorer_rate
 
 
 def main(argv=None):
@@ -69,7 +69,6 @@ def main(argv=None):
     from hypernets.ghn import GHNSettings
     from hypernets.ghn.proxy import GHNProxy
     from oneshot_tf.retrain import StandaloneTask
-    from oneshot_tf.scoring import CandidateScorer, ScoreConfig
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -93,15 +92,7 @@ def main(argv=None):
     archs = space.sample_unique(args.candidates, seed=3)
     encs = [proxy.encode(a) for a in archs]
     k = args.candidates_per_pass
-    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=args.group_size, kl_examples=0,
-                                                verbose=False)).prepare(xv, yv)
-    scorer.score_encodings(encs[:k])  # the one trace
-
-    def scorer_rate():
-        t = time.perf_counter()
-        for s in range(0, len(encs), k):
-            scorer.score_encodings(encs[s:s + k])
-        return len(encs) / (time.perf_counter() - t)
+    _, rate_fn = scorer_rate(proxy, encs, xv, yv, candidates_per_pass=k, group_size=args.group_size)
 
     def baseline_rate():
         t = time.perf_counter()
@@ -133,7 +124,7 @@ def main(argv=None):
 
     b, bb, be = [], [], []
     for _ in range(args.repeats):
-        b.append(scorer_rate())
+        b.append(rate_fn())
         bb.append(baseline_rate())
         be.append(eval_only_rate())
     results[f"b_candidates_per_s_ghn_{k}_per_pass"] = max(b)

@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 from benchmarks.report import print_results
-from benchmarks.steps import adam_step
+from benchmarks.steps import adam_step, scorer_rate
 
 #: SmashSettings fields exposed as flags, defaults from the quick preset (else the settings' own).
 SETTINGS_FLAGS = ("num_blocks", "filters", "base", "max_units", "max_banks", "depth", "depth_compression",
@@ -88,7 +88,6 @@ def main(argv=None):
     from hypernets.smash.proxy import SmashProxy
     from oneshot_tf.data import load_dataset
     from oneshot_tf.retrain import StandaloneTask
-    from oneshot_tf.scoring import CandidateScorer, ScoreConfig
     from oneshot_tf.search_space import StandaloneOptions
 
     keras.utils.set_random_seed(0)
@@ -119,15 +118,7 @@ def main(argv=None):
     archs = space.sample_unique(args.candidates, seed=3)
     encs = [proxy.encode(a) for a in archs]
     k = args.candidates_per_pass
-    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=g, kl_examples=0,
-                                                verbose=False)).prepare(xv, yv)
-    scorer.score_encodings(encs[:k])  # the one trace
-
-    def scorer_rate():
-        t = time.perf_counter()
-        for s in range(0, len(encs), k):
-            scorer.score_encodings(encs[s:s + k])
-        return len(encs) / (time.perf_counter() - t)
+    scorer, rate_fn = scorer_rate(proxy, encs, xv, yv, candidates_per_pass=k, group_size=g)
 
     groups = [(tf.constant(xv[i:i + g]), yv[i:i + g]) for i in range(0, len(xv) - g + 1, g)]
 
@@ -158,7 +149,7 @@ def main(argv=None):
 
     b, bb, be = [], [], []
     for _ in range(args.repeats):
-        b.append(scorer_rate())
+        b.append(rate_fn())
         bb.append(baseline_rate())
         be.append(prebuilt_rate())
     results["b_examples_per_candidate"] = len(groups) * g

@@ -1,5 +1,5 @@
-"""A task's training step as the benchmarks time it: its loss, gradients and
-an Adam update in one ``tf.function``."""
+"""What the speed benchmarks time: a task's training step (its loss,
+gradients and an Adam update in one ``tf.function``) and a proxy's scorer."""
 
 from __future__ import annotations
 
@@ -24,3 +24,25 @@ def adam_step(task, variables, batch_size: int):
         return loss
 
     return step
+
+
+def scorer_rate(proxy, encodings, x, y, *, candidates_per_pass: int, group_size: int):
+    """``(scorer, rate)``: a ``CandidateScorer`` of ``proxy`` on ``x, y``,
+    traced once, and ``rate()``, candidates per second scoring every one of
+    ``encodings`` (``candidates_per_pass`` at a time)."""
+    import time
+
+    from oneshot_tf.scoring import CandidateScorer, ScoreConfig
+
+    k = candidates_per_pass
+    scorer = CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=group_size, kl_examples=0,
+                                                verbose=False)).prepare(x, y)
+    scorer.score_encodings(encodings[:k])  # the one trace
+
+    def rate():
+        t = time.perf_counter()
+        for s in range(0, len(encodings), k):
+            scorer.score_encodings(encodings[s:s + k])
+        return len(encodings) / (time.perf_counter() - t)
+
+    return scorer, rate
