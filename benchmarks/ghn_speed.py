@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from benchmarks.report import print_results
-from benchmarks.steps import adam_step, scorer_rate
+from benchmarks.steps import adam_step, scorer_rate, scoring_ratios
 
 
 def main(argv=None):
@@ -122,17 +122,7 @@ def main(argv=None):
                 fwd(tf.constant(xv[i:i + args.group_size])).numpy()
         return len(built) / (time.perf_counter() - t)
 
-    b, bb, be = [], [], []
-    for _ in range(args.repeats):
-        b.append(rate_fn())
-        bb.append(baseline_rate())
-        be.append(eval_only_rate())
-    results[f"b_candidates_per_s_ghn_{k}_per_pass"] = max(b)
-    results["b_candidates_per_s_standalone_build"] = max(bb)
-    results["b_candidates_per_s_standalone_prebuilt"] = max(be)
-    results["b_ratio"] = max(b) / max(bb)
-    results["b_ratio_prebuilt_over_build"] = max(be) / max(bb)
-    results["b_ratio_ghn_over_prebuilt"] = max(b) / max(be)
+    results.update(scoring_ratios("ghn", k, rate_fn, baseline_rate, eval_only_rate, args.repeats))
 
     # (c) training step -----------------------------------------------------------
     x = tf.constant(rng.integers(0, 256, (args.batch_size,) + shape).astype(np.uint8))

@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 from benchmarks.report import print_results
-from benchmarks.steps import adam_step, scorer_rate
+from benchmarks.steps import adam_step, scorer_rate, scoring_ratios
 
 #: SmashSettings fields exposed as flags, defaults from the quick preset (else the settings' own).
 SETTINGS_FLAGS = ("num_blocks", "filters", "base", "max_units", "max_banks", "depth", "depth_compression",
@@ -147,18 +147,8 @@ def main(argv=None):
             evaluate(fwd)
         return len(built) / (time.perf_counter() - t)
 
-    b, bb, be = [], [], []
-    for _ in range(args.repeats):
-        b.append(rate_fn())
-        bb.append(baseline_rate())
-        be.append(prebuilt_rate())
     results["b_examples_per_candidate"] = len(groups) * g
-    results[f"b_candidates_per_s_smash_{k}_per_pass"] = max(b)
-    results["b_candidates_per_s_standalone_build"] = max(bb)
-    results["b_candidates_per_s_standalone_prebuilt"] = max(be)
-    results["b_ratio"] = max(b) / max(bb)
-    results["b_ratio_prebuilt_over_build"] = max(be) / max(bb)
-    results["b_ratio_smash_over_prebuilt"] = max(b) / max(be)
+    results.update(scoring_ratios("smash", k, rate_fn, baseline_rate, prebuilt_rate, args.repeats))
     results["b_scorer_traces"] = scorer.trace_count
 
     # (c) training step -----------------------------------------------------------

@@ -46,3 +46,19 @@ def scorer_rate(proxy, encodings, x, y, *, candidates_per_pass: int, group_size:
         return len(encodings) / (time.perf_counter() - t)
 
     return scorer, rate
+
+
+def scoring_ratios(method: str, per_pass: int, proxy_rate, build_rate, prebuilt_rate, repeats: int):
+    """Benchmark (b)'s numbers: the three rates (candidates per second of the
+    proxy's scorer, of building a stand-alone model per candidate, of those
+    models prebuilt) measured interleaved, best of ``repeats``, and
+    ``b_ratio`` = proxy over build = (prebuilt over build) x (proxy over
+    prebuilt)."""
+    best = [0.0, 0.0, 0.0]
+    for _ in range(repeats):
+        for i, fn in enumerate((proxy_rate, build_rate, prebuilt_rate)):
+            best[i] = max(best[i], fn())
+    b, bb, be = best
+    return {f"b_candidates_per_s_{method}_{per_pass}_per_pass": b, "b_candidates_per_s_standalone_build": bb,
+            "b_candidates_per_s_standalone_prebuilt": be, "b_ratio": b / bb, "b_ratio_prebuilt_over_build": be / bb,
+            f"b_ratio_{method}_over_prebuilt": b / be}
