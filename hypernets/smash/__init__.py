@@ -116,7 +116,8 @@ def build(cfg, dataset):
     proxy = SmashProxy(space, input_shape=dataset.image_shape, num_classes=dataset.num_classes, mean=mean,
                        std=std, group_size=s.group_size, weight_decay=s.weight_decay, growth=s.growth,
                        block_layers=_ints(s.hypernet_blocks, "hypernet_blocks"), score_bn=s.score_bn,
-                       running_momentum=s.running_momentum, calibration_images=calibration)
+                       running_momentum=s.running_momentum, calibration_images=calibration,
+                       static_shapes=bool(cfg.jit_compile))
     return space, proxy
 
 

@@ -8,18 +8,23 @@ block's ops over a *memory*, a ``[B, H, W, capacity]`` tensor in which bank
 ``b`` of size ``s`` is channels ``b * s .. (b + 1) * s`` (so a block's
 banks are always a prefix of it):
 
-* the op gathers the channels of the banks it reads (``read_idx``; padding
-  masked to zero), applies its generated 1x1 kernel (rows ``row ..``,
-  columns ``.. n_bottle`` of the matrix, divided by its norm: the simplified
-  WeightNorm) and a ReLU;
+* every op runs at its own widths (dynamic shapes inside the loop: no padded
+  channel is computed; with ``static_shapes``, for XLA, at the block's
+  maximum widths with the padding masked to zero, the same values): it gathers the ``n_in`` channels of the banks it
+  reads (``read_idx``), applies its generated 1x1 kernel (rows ``row ..
+  row + n_in``, columns ``.. n_bottle`` of the matrix, divided by its norm:
+  the simplified WeightNorm) and a ReLU;
 * then its convolutions in Figure 2(a)'s pattern, each ReLU-Conv with the
   block's learned weights for that slot, shared by all its ops and sliced to
   the op's kernel size (centre), input channels (``/ groups``) and units as
   in the reference code.  Kernel size and dilation select one of the space's
-  (kernel, dilation) combinations with a ``tf.switch_case`` (static shapes
-  and dilations inside each branch); groups are a block-diagonal mask on a
-  dense kernel gathered from the sliced grouped one (the same function as a
-  grouped convolution); inactive slots are skipped with ``tf.cond``;
+  (kernel, dilation) combinations with a ``tf.switch_case`` (static kernel
+  sizes and dilations inside each branch; a dilation runs as space-to-batch
+  around an undilated convolution, which has CPU gradients); groups are a
+  block-diagonal mask on a dense ``[k, k, cin, units]`` kernel gathered from
+  the sliced grouped one (the same function as a grouped convolution, at
+  ``groups`` times its multiply-adds); inactive slots are skipped with
+  ``tf.cond``;
 * its outputs are added to the memory channels of the banks it writes
   (``write_src``: the output channel that feeds each memory channel).
 
@@ -150,7 +155,7 @@ def network_structure(space: MemoryBankSpace, arch: BankArchitecture) -> Dict[st
     for i, blk in enumerate(arch.blocks):
         p, r = block_sizes(space, i)
         f = {k: np.zeros(s, np.float32) for k, s in (
-            ("op_mask", [p]), ("read_idx", [p, r]), ("read_mask", [p, r]), ("row", [p]), ("n_in", [p]),
+            ("op_mask", [p]), ("read_idx", [p, r]), ("row", [p]), ("n_in", [p]),
             ("n_bottle", [p]), ("units", [p]), ("active", [p, 4]), ("branch", [p, 4]), ("groups", [p, 4]),
             ("write_src", [p, cap]), ("write_mask", [p, cap]), ("out_mask", [cap]))}
         bs = blk.bank_size
@@ -159,7 +164,6 @@ def network_structure(space: MemoryBankSpace, arch: BankArchitecture) -> Dict[st
             f["op_mask"][j] = 1
             chans = [b * bs + t for b in op.reads for t in range(bs)]
             f["read_idx"][j, :len(chans)] = chans
-            f["read_mask"][j, :len(chans)] = 1
             f["row"][j], f["n_in"][j], f["n_bottle"][j], f["units"][j] = lay.row, lay.n_in, lay.n_bottle, op.units
             for s, conv in enumerate(op.convs):
                 f["groups"][j, s] = 1
@@ -186,9 +190,10 @@ class SmashNetwork(keras.layers.Layer):
     ``calibration`` and ``update_stats`` as ``BankBatchNorm`` takes them."""
 
     def __init__(self, space: MemoryBankSpace, *, image_channels: int, num_classes: int, bn_epsilon: float = 1e-3,
-                 bn_momentum: float = 0.9, **kwargs):
+                 bn_momentum: float = 0.9, static_shapes: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.space = space
+        self.static_shapes = bool(static_shapes)
         self.image_channels = int(image_channels)
         self.num_classes = int(num_classes)
         self.combos = conv_combos(space)
@@ -213,23 +218,35 @@ class SmashNetwork(keras.layers.Layer):
 
     # -- one convolution slot --------------------------------------------------
     def _slot(self, x, kernel, branch, groups, cin, units):
-        """ReLU-Conv with ``kernel`` sliced as the reference slices it: a
-        grouped kernel ``kernel[:, :, :cin / groups, :units]``, as a dense
-        block-diagonal kernel over ``x``'s channels."""
-        c_dim, u_dim = int(kernel.shape[2]), int(kernel.shape[3])
-        per_in = cin // groups
-        per_out = units // groups
+        """ReLU-Conv of ``x`` with ``kernel`` sliced as the reference slices
+        it: the grouped kernel ``kernel[:, :, :cin / groups, :units]``, as a
+        dense block-diagonal kernel.  ``x`` holds the op's own ``cin``
+        channels and the output its ``units`` (dynamic shapes), or, with
+        ``static_shapes``, the slot's maximum widths with the rest zero."""
+        if self.static_shapes:
+            c_dim, u_dim = int(kernel.shape[2]), int(kernel.shape[3])
+        else:
+            c_dim, u_dim = cin, units
+            kernel = kernel[:, :, :, :units]
+        per_in = tf.maximum(cin // groups, 1)
+        per_out = tf.maximum(units // groups, 1)
         ci, co = tf.range(c_dim), tf.range(u_dim)
-        dense = tf.gather(kernel, tf.math.floormod(ci, tf.maximum(per_in, 1)), axis=2)
-        mask = ((ci[:, None] // tf.maximum(per_in, 1)) == (co[None, :] // tf.maximum(per_out, 1))) \
-            & (ci[:, None] < cin) & (co[None, :] < units)
+        dense = tf.gather(kernel, tf.math.floormod(ci, per_in), axis=2)
+        mask = (ci[:, None] // per_in) == (co[None, :] // per_out)
+        if self.static_shapes:
+            mask = mask & (ci[:, None] < cin) & (co[None, :] < units)
         dense = dense * tf.cast(mask, dense.dtype)
         x = tf.nn.relu(x)
 
         def branch_fn(kh, dh, kw, dw):
             a, b = (self.kmax - kh) // 2, (self.kmax - kw) // 2
-            # tf.nn.convolution, not conv2d: its dilations have CPU gradients (space-to-batch)
-            return lambda: tf.nn.convolution(x, dense[a:a + kh, b:b + kw], padding="SAME", dilations=[dh, dw])
+            w = dense[a:a + kh, b:b + kw]
+            if (dh, dw) == (1, 1):
+                return lambda: tf.nn.conv2d(x, w, 1, "SAME")
+            # dilation as space-to-batch around an undilated convolution (what tf.nn.convolution does, but it
+            # needs the kernel's channel counts static): CPU gradients for every dilation
+            return lambda: tf.nn.with_space_to_batch(x, [dh, dw], "SAME", lambda inp, num_spatial_dims, padding:
+                                                     tf.nn.conv2d(inp, w, 1, padding), filter_shape=[kh, kw])
 
         return tf.switch_case(branch, [branch_fn(*c) for c in self.combos])
 
@@ -240,20 +257,29 @@ class SmashNetwork(keras.layers.Layer):
         cap = space.capacity
         mem = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, cap - int(x.shape[-1])]])
         num_ops = tf.cast(tf.reduce_sum(st["op_mask"]), tf.int32)
-        rows = tf.pad(matrix, [[0, r], [0, 0]])          # an op's row slice never runs off the end
-        nb_dim = self.bottle
-        idx_r, idx_b = tf.range(r), tf.range(nb_dim)
         slots = self.slots[i]
+        if self.static_shapes:
+            rows = tf.pad(matrix, [[0, r], [0, 0]])  # a row slice of the maximum height never runs off the end
+            idx_r, idx_b = tf.range(r), tf.range(self.bottle)
+
+        def op_input(mem, j, n_in, nb, row):
+            """The op's 1x1 bottleneck ``h``: its own ``n_in`` read channels
+            to ``nb`` (or, static, ``r`` to ``self.bottle``, zero beyond)."""
+            idx = tf.cast(st["read_idx"][j], tf.int32)
+            if not self.static_shapes:
+                xin = tf.gather(mem, idx[:n_in], axis=-1)
+                return tf.nn.conv2d(xin, weight_normalized(tf.slice(matrix, [row, 0], [n_in, nb]))[None, None], 1,
+                                    "VALID")
+            xin = tf.gather(mem, idx, axis=-1) * tf.cast(idx_r < n_in, mem.dtype)
+            k = tf.slice(rows, [row, 0], [r, self.bottle])
+            k = k * tf.cast((idx_r < n_in)[:, None] & (idx_b < nb)[None, :], k.dtype)
+            return tf.nn.conv2d(xin, weight_normalized(k)[None, None], 1, "VALID")
 
         def body(j, mem):
             n_in = tf.cast(st["n_in"][j], tf.int32)
             nb = tf.cast(st["n_bottle"][j], tf.int32)
             units = tf.cast(st["units"][j], tf.int32)
-            row = tf.cast(st["row"][j], tf.int32)
-            xin = tf.gather(mem, tf.cast(st["read_idx"][j], tf.int32), axis=-1) * st["read_mask"][j]
-            k = tf.slice(rows, [row, 0], [r, nb_dim])
-            k = k * tf.cast((idx_r < n_in)[:, None] & (idx_b < nb)[None, :], k.dtype)
-            h = tf.nn.relu(tf.nn.conv2d(xin, weight_normalized(k)[None, None], 1, "VALID"))
+            h = tf.nn.relu(op_input(mem, j, n_in, nb, tf.cast(st["row"][j], tf.int32)))
             act = st["active"][j]
             br = tf.cast(st["branch"][j], tf.int32)
             gr = tf.cast(st["groups"][j], tf.int32)

@@ -36,14 +36,16 @@ class SmashModel(keras.Model):
     with ``inputs`` holding ``images`` and one architecture's encoding."""
 
     def __init__(self, space: MemoryBankSpace, *, input_shape, num_classes: int, mean, std, bn_epsilon: float,
-                 bn_momentum: float, growth: int, block_layers: Sequence[int], **kwargs):
+                 bn_momentum: float, growth: int, block_layers: Sequence[int], static_shapes: bool = False,
+                 **kwargs):
         super().__init__(name=kwargs.pop("name", "smash"), **kwargs)
         self.space = space
         self.standardize = Standardize(mean, std, name="standardize")
         self.hypernet = HyperNet(space.bottleneck * space.depth_compression * space.base ** 2, growth=growth,
                                  block_layers=block_layers, name="hypernet")
         self.network = SmashNetwork(space, image_channels=int(input_shape[-1]), num_classes=num_classes,
-                                    bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, name="network")
+                                    bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, static_shapes=static_shapes,
+                                    name="network")
 
     def weights_matrix(self, c):
         """The generated 1x1 weights of the architecture with encoding ``c`` ``[H, W, C]``."""
@@ -62,7 +64,7 @@ class SmashProxy(Proxy):
                  mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
                  weight_decay: float = 1e-4, growth: int = 10, block_layers: Sequence[int] = (8, 10, 4),
                  bn_epsilon: float = 1e-3, score_bn: str = "batch", running_momentum: float = 0.9,
-                 calibration_images: Optional[np.ndarray] = None):
+                 calibration_images: Optional[np.ndarray] = None, static_shapes: bool = False):
         if not isinstance(space, MemoryBankSpace):
             raise ValueError(f"SMASH searches a memory-bank space, got {space.name or type(space).__name__}")
         for name, value in [("group_size", group_size), ("growth", growth)]:
@@ -98,6 +100,7 @@ class SmashProxy(Proxy):
         self.score_bn = score_bn
         self.running_momentum = float(running_momentum)
         self.calibration_images = calibration_images
+        self.static_shapes = bool(static_shapes)
         self.model = None
 
     @property
@@ -122,7 +125,7 @@ class SmashProxy(Proxy):
         self.model = SmashModel(self.space, input_shape=self.input_shape, num_classes=self.num_classes,
                                 mean=self.mean, std=self.std, bn_epsilon=self.bn_epsilon,
                                 bn_momentum=self.running_momentum, growth=self.growth,
-                                block_layers=self.block_layers)
+                                block_layers=self.block_layers, static_shapes=self.static_shapes)
         enc = self.encode(self.space.sample(np.random.default_rng(0)))
         self.model({"images": np.zeros((self._group_size,) + self.input_shape, np.uint8), **enc})
 
