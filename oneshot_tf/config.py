@@ -79,6 +79,12 @@ class RunConfig:
     batch_size: int = setting(64, "Global batch size of proxy training.", low=1)
     optimizer: str = setting("sgd", "Optimizer of proxy training: sgd (momentum 0.9, Nesterov) or adam.",
                              choices=OPTIMIZERS)
+    adam_beta_1: float = setting(0.9, "For --optimizer=adam: the decay rate of the first-moment estimate "
+                                      "(beta_1; Keras' default 0.9, SMASH's reference code DCGAN's 0.5).",
+                                 low=0.0, high=1.0, high_open=True)
+    adam_epsilon: float = setting(1e-7, "For --optimizer=adam: the epsilon added to the second-moment root "
+                                        "(Keras' default 1e-7, SMASH's reference code 1e-4).",
+                                  low=0.0, low_open=True)
     learning_rate: float = setting(0.1, "Initial learning rate of proxy training (schedule: --lr_schedule).",
                                    low=0.0, low_open=True)
     lr_schedule: str = setting("cosine", "Learning-rate schedule of proxy training: cosine (decay to 0), "
@@ -169,6 +175,11 @@ class RunConfig:
             del out["lr_floor"]
         if self.lr_schedule != "step":
             del out["lr_decay_at"], out["lr_decay_factor"]
+        # Adam's parameters count only under Adam, and at Keras' defaults not at all (a directory keeps its
+        # identity from before the settings)
+        for name, default in (("adam_beta_1", 0.9), ("adam_epsilon", 1e-7)):
+            if self.optimizer != "adam" or out[name] == default:
+                del out[name]
         if self.proxy_ensemble == 1:
             del out["proxy_ensemble"]  # a directory of one proxy keeps its identity from before the setting
         if self.settings is not None:

@@ -181,7 +181,8 @@ class SearchRun:
                 keras.utils.set_random_seed(c.seed + offset)  # this member's initialization
             metrics.append(train(proxy, self.dataset.x_train, self.dataset.y_train,
                                  self._train_config(c.train_steps, c.batch_size, c.learning_rate, seed_offset=offset,
-                                                    optimizer=c.optimizer, lr_schedule=c.lr_schedule,
+                                                    optimizer=c.optimizer, adam_beta_1=c.adam_beta_1,
+                                                    adam_epsilon=c.adam_epsilon, lr_schedule=c.lr_schedule,
                                                     lr_floor=c.lr_floor, lr_decay_at=decay_at,
                                                     lr_decay_factor=c.lr_decay_factor),
                                  directory, strategy=self.strategy, summary_dir=io_utils.join(directory, "train"),

@@ -147,6 +147,8 @@ class TrainConfig:
     learning_rate: float = 0.1
     momentum: float = 0.9           # sgd only
     nesterov: bool = True           # sgd only
+    adam_beta_1: float = 0.9        # adam only
+    adam_epsilon: float = 1e-7      # adam only
     lr_schedule: str = "cosine"     # cosine (to 0) | constant | cosine_floor (to lr_floor * lr) | step
     lr_floor: float = 0.1           # cosine_floor only: the final learning rate, a fraction of the initial
     lr_decay_at: Tuple[float, ...] = (0.5, 0.75)  # step only: fractions of ``steps`` where lr is multiplied
@@ -162,7 +164,7 @@ class TrainConfig:
 
 def make_optimizer(cfg: TrainConfig, *, reusable: bool = False) -> keras.optimizers.Optimizer:
     """``cfg.optimizer`` (SGD with ``momentum``/``nesterov``, or Adam with
-    Keras's defaults) with the learning rate of ``cfg.lr_schedule``: cosine
+    ``adam_beta_1``, ``adam_epsilon`` and Keras's beta_2 0.999) with the learning rate of ``cfg.lr_schedule``: cosine
     decay to 0 over ``cfg.steps``; constant; ``cosine_floor``, cosine decay
     to ``lr_floor * learning_rate`` (``lr(t) = lr0 * (f + (1 - f) * (1 +
     cos(pi t / T)) / 2)``, Keras's ``CosineDecay(alpha=f)``); or ``step``,
@@ -205,7 +207,7 @@ def make_optimizer(cfg: TrainConfig, *, reusable: bool = False) -> keras.optimiz
     if cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     elif cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        optimizer = keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.adam_beta_1, epsilon=cfg.adam_epsilon)
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r} ({', '.join(OPTIMIZERS)})")
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -260,7 +262,8 @@ def _compile_key(cfg: TrainConfig, strategy, x: np.ndarray, y: np.ndarray):
     and so may the step count of a cosine or constant schedule)."""
     schedule = (cfg.lr_schedule, cfg.lr_floor if cfg.lr_schedule == "cosine_floor" else None,
                 (cfg.steps, tuple(cfg.lr_decay_at), cfg.lr_decay_factor) if cfg.lr_schedule == "step" else None)
-    return (id(strategy), cfg.batch_size, cfg.optimizer, cfg.momentum, cfg.nesterov, schedule, cfg.jit_compile,
+    return (id(strategy), cfg.batch_size, cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.adam_beta_1,
+            cfg.adam_epsilon, schedule, cfg.jit_compile,
             x.shape[1:], str(x.dtype), y.shape[1:], str(y.dtype), keras.mixed_precision.global_policy().name)
 
 

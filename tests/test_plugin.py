@@ -222,6 +222,27 @@ def toy_method():
     registry.unregister(NAME)
 
 
+def test_adam_settings_reach_proxy_training_and_count_in_the_identity_when_set(tmp_path, monkeypatch):
+    """--adam_beta_1/--adam_epsilon reach the proxy's TrainConfig; a
+    directory's identity holds them only under Adam and away from Keras'
+    defaults (an older directory keeps its identity); SMASH defaults to its
+    reference code's 0.5 and 1e-4."""
+    cfg = config_lib.resolve("tiny", {"adam_beta_1": 0.5, "adam_epsilon": 1e-4}, method=NAME)
+    assert (cfg.identity()["adam_beta_1"], cfg.identity()["adam_epsilon"]) == (0.5, 1e-4)
+    plain = config_lib.resolve("tiny", {}, method=NAME).identity()
+    assert "adam_beta_1" not in plain and "adam_epsilon" not in plain
+    sgd = config_lib.resolve("tiny", {"optimizer": "sgd", "adam_beta_1": 0.5}, method=NAME).identity()
+    assert "adam_beta_1" not in sgd
+    smash = config_lib.resolve("quick", {}, method="smash")
+    assert (smash.optimizer, smash.adam_beta_1, smash.adam_epsilon) == ("adam", 0.5, 1e-4)
+    with pytest.raises(ValueError, match=r"^--adam_beta_1=1.0 is out of range: it must be \[0.0, 1.0\)$"):
+        config_lib.validate(config_lib.resolve("tiny", {"adam_beta_1": 1.0}, method=NAME))
+    seen = []
+    monkeypatch.setattr(pipeline, "train", lambda task, x, y, tcfg, *a, **k: seen.append(tcfg) or {})
+    pipeline.SearchRun(cfg, str(tmp_path / "run"), verbose=False).train_proxy()
+    assert (seen[0].optimizer, seen[0].adam_beta_1, seen[0].adam_epsilon) == ("adam", 0.5, 1e-4)
+
+
 def test_registered_next_to_the_builtin_methods():
     assert NAME in registry.names() and "oneshot" in registry.names()
     assert registry.get("").name != NAME  # not the default

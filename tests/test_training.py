@@ -119,6 +119,34 @@ def test_make_optimizer_constant_and_unknown_schedule():
         make_optimizer(TrainConfig(steps=10, lr_schedule="linear"))
 
 
+def test_adam_beta_1_and_epsilon_by_hand():
+    """Two Adam steps on w = 1 with loss w^2 (gradient 2w), beta_1 = 0.5,
+    epsilon = 1e-4, constant lr 0.1, Keras' beta_2 = 0.999, by hand:
+    m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2,
+    w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m_t / (sqrt(v_t) + eps) (Keras' form: its epsilon
+    sits outside the bias correction, PyTorch's inside)."""
+    opt = make_optimizer(TrainConfig(steps=2, optimizer="adam", learning_rate=0.1, lr_schedule="constant",
+                                     adam_beta_1=0.5, adam_epsilon=1e-4))
+    assert isinstance(opt, keras.optimizers.Adam)
+    w = keras.Variable(1.0)
+    b1, b2, eps, lr = 0.5, 0.999, 1e-4, 0.1
+    m = v = 0.0
+    want = 1.0
+    for t in (1, 2):
+        g = 2 * want
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        want -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (math.sqrt(v) + eps)
+        opt.apply_gradients([(tf.constant(2.0) * w, w)])
+        assert float(w.numpy()) == pytest.approx(want, rel=1e-5), t  # float32
+    # the default beta_1 (0.9) gives a different second step: the setting is what moved it
+    opt9 = make_optimizer(TrainConfig(steps=2, optimizer="adam", learning_rate=0.1, lr_schedule="constant",
+                                      adam_epsilon=1e-4))
+    w9 = keras.Variable(1.0)
+    for _ in range(2):
+        opt9.apply_gradients([(tf.constant(2.0) * w9, w9)])
+    assert abs(float(w9.numpy()) - want) > 1e-3
+
+
 def test_cosine_floor_decays_to_the_floor_fraction():
     """lr(t) = 0.2 * (0.25 + 0.75 * (1 + cos(pi t / 400)) / 2), held at the
     floor 0.05 after the last step; read from the optimizer at its step."""

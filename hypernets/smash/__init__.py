@@ -161,4 +161,6 @@ METHOD = registry.register(registry.Method(
     settings=SmashSettings, build=build, presets=PRESETS,
     # SMASHv1's single convolution is covered by tests/test_smash_*.py (the network against its reference);
     # no contract variant, to keep the unit suite's time
-    defaults=dict(optimizer="adam", learning_rate=1e-3, lr_schedule="cosine", kl_examples=0)))
+    # the reference code's Adam: DCGAN's beta_1 = 0.5 ("the initial parameters proposed by [25]"), eps 1e-4
+    defaults=dict(optimizer="adam", learning_rate=1e-3, adam_beta_1=0.5, adam_epsilon=1e-4, lr_schedule="cosine",
+                  kl_examples=0)))
