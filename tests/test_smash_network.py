@@ -118,7 +118,8 @@ V2_SMALL = MemoryBankSpace.smash_v2(num_blocks=2, filters=16, base=8, max_units=
                                     groups=(1, 2, 4))
 
 
-@pytest.mark.parametrize("static_shapes", [False, True], ids=["own_widths", "static"])
+@pytest.mark.parametrize("static_shapes", [False, pytest.param(True, marks=pytest.mark.integration)],
+                         ids=["own_widths", "static"])  # static: XLA's path, with the XLA tests
 def test_padded_network_gradients_equal_the_reference(static_shapes):
     """Gradients into the HyperNet and every learned weight equal the op-by-op
     reference's, in both modes (a weight no op of the architecture uses gets
