@@ -164,8 +164,9 @@ class TrainConfig:
 
 def make_optimizer(cfg: TrainConfig, *, reusable: bool = False) -> keras.optimizers.Optimizer:
     """``cfg.optimizer`` (SGD with ``momentum``/``nesterov``, or Adam with
-    ``adam_beta_1``, ``adam_epsilon`` and Keras's beta_2 0.999) with the learning rate of ``cfg.lr_schedule``: cosine
-    decay to 0 over ``cfg.steps``; constant; ``cosine_floor``, cosine decay
+    ``adam_beta_1``, ``adam_epsilon`` and Keras's beta_2 0.999) with the
+    learning rate of ``cfg.lr_schedule``: cosine decay to 0 over
+    ``cfg.steps``; constant; ``cosine_floor``, cosine decay
     to ``lr_floor * learning_rate`` (``lr(t) = lr0 * (f + (1 - f) * (1 +
     cos(pi t / T)) / 2)``, Keras's ``CosineDecay(alpha=f)``); or ``step``,
     ``lr0 * lr_decay_factor ** (number of fractions in lr_decay_at that

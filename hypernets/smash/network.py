@@ -10,10 +10,11 @@ banks are always a prefix of it):
 
 * every op runs at its own widths (dynamic shapes inside the loop: no padded
   channel is computed; with ``static_shapes``, for XLA, at the block's
-  maximum widths with the padding masked to zero, the same values): it gathers the ``n_in`` channels of the banks it
-  reads (``read_idx``), applies its generated 1x1 kernel (rows ``row ..
-  row + n_in``, columns ``.. n_bottle`` of the matrix, divided by its norm:
-  the simplified WeightNorm) and a ReLU;
+  maximum widths with the padding masked to zero, the same values): it
+  gathers the ``n_in`` channels of the banks it reads (``read_idx``),
+  applies its generated 1x1 kernel (rows ``row .. row + n_in``, columns
+  ``.. n_bottle`` of the matrix, divided by its norm: the simplified
+  WeightNorm) and a ReLU;
 * then its convolutions in Figure 2(a)'s pattern, each ReLU-Conv with the
   block's learned weights for that slot, shared by all its ops and sliced to
   the op's kernel size (centre), input channels (``/ groups``) and units as
