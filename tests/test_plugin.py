@@ -417,3 +417,34 @@ def test_the_fidelity_study_serves_the_method_by_its_registration(tmp_path):
     assert rows[NAME]["error"] == "" and rows[NAME]["n"] == "4"
     assert rows["ceiling (seed vs seed)"]["pearson"] == "nan" and out["truth"].shape == (4, 1)
     assert "unknown: one seed per candidate" in (tmp_path / "fidelity.md").read_text()
+
+
+def test_the_fidelity_study_shows_each_ensemble_member(tmp_path):
+    """--proxy_ensemble=2 in a study: the method's row ranks by the members'
+    mean, and a row per member ranks by that member's own scores (the
+    proxy's seed-to-seed spread), each measured like a method's."""
+    import csv
+    from oneshot_tf.fidelity import stats
+    from oneshot_tf.fidelity import study as study_lib
+    study, cfgs = study_lib.resolve("tiny", {"methods": NAME, "baselines": "params", "truth_epochs": 0.1,
+                                             "num_candidates": 6, "proxy_ensemble": 2, "train_steps": 4})
+    out = study_lib.FidelityStudy(study, cfgs, str(tmp_path), verbose=False).run()
+    with open(tmp_path / "fidelity.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [NAME, f"{NAME}_member_0", f"{NAME}_member_1", "params", "ceiling (seed vs seed)"]
+    assert rows[f"{NAME}_member_0"]["kind"] == "member" and rows[f"{NAME}_member_0"]["train_seconds"] == ""
+    (store,) = (tmp_path / "scores").iterdir()
+    by_id = {r["id"]: r for r in map(json.loads, store.read_text().splitlines())}
+    ids = [c["id"] for c in out["truth_candidates"]]
+    y = out["truth"].mean(axis=1)
+    member = [np.array([by_id[i][f"member_{j}_score"] for i in ids]) for j in range(2)]
+    np.testing.assert_allclose([by_id[i]["score"] for i in ids], (member[0] + member[1]) / 2)
+    spearman = []
+    for j in range(2):
+        row = rows[f"{NAME}_member_{j}"]
+        assert float(row["spearman"]) == pytest.approx(stats.spearman(member[j], y))
+        assert row["vs_params"] != ""
+        spearman.append(float(row["spearman"]))
+    assert out["summary"]["members"] == {NAME: pytest.approx(spearman)}
+    md = (tmp_path / "fidelity.md").read_text()
+    assert f"| {NAME}_member_1 | 4 |" in md and f"Proxy seeds: {NAME} is the mean of 2 proxies" in md

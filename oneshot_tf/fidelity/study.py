@@ -201,7 +201,7 @@ class Row:
     ground-truth candidates, or the ceiling."""
 
     name: str
-    kind: str                       # method | baseline | ceiling
+    kind: str                       # method | member | baseline | ceiling
     scores: Optional[np.ndarray] = None  # [M], higher is better
     train_seconds: Optional[float] = None
     seconds_per_candidate: Optional[float] = None
@@ -209,6 +209,7 @@ class Row:
     stats: Dict[str, Any] = dataclasses.field(default_factory=dict)
     all_scores: Optional[np.ndarray] = None  # a method's: [N], every candidate
     all_kl: Optional[np.ndarray] = None      # a method's symmetrized KL, [N], if it has one
+    all_members: Optional[List[np.ndarray]] = None  # --proxy_ensemble=K > 1: each member proxy's scores, K x [N]
 
 
 class FidelityStudy:
@@ -376,6 +377,9 @@ class FidelityStudy:
         row.all_scores = np.array([by_id[r["id"]]["score"] for r in candidates], np.float64)
         if all("kl" in by_id[r["id"]] for r in candidates):
             row.all_kl = np.array([by_id[r["id"]]["kl"] for r in candidates], np.float64)
+        members = [f"member_{j}_score" for j in range(cfg.proxy_ensemble)] if cfg.proxy_ensemble > 1 else []
+        if members and all(m in by_id[r["id"]] for r in candidates for m in members):
+            row.all_members = [np.array([by_id[r["id"]][m] for r in candidates], np.float64) for m in members]
         return row
 
     # -- stand-alone jobs -----------------------------------------------------
@@ -544,6 +548,9 @@ class FidelityStudy:
             if r.all_kl is not None:
                 rows.append(Row(f"{r.name}_kl", "method", scores=-r.all_kl[picks], train_seconds=r.train_seconds,
                                 seconds_per_candidate=r.seconds_per_candidate))
+            # an ensemble's members one by one: how much a proxy's ranking moves with its training seed
+            rows += [Row(f"{r.name}_member_{j}", "member", scores=member[picks])
+                     for j, member in enumerate(r.all_members or [])]
         for b in ("params", "flops"):
             if b in self.baselines:
                 rows.append(Row(b, "baseline", scores=np.array([c[b] for c in truth_cands], np.float64),
@@ -565,10 +572,13 @@ class FidelityStudy:
         ceiling.stats = ceiling_stats(truth, bootstrap=self.study.bootstrap, seed=self.cfgs[0].seed)
         rows.append(ceiling)
         kl = {r.name: kl_analysis(r.all_scores, r.all_kl) for r in method_rows if r.all_kl is not None}
+        members = {r.name: [m.stats["spearman"] for m in rows if m.kind == "member"
+                            and m.name.startswith(f"{r.name}_member_") and not m.error]
+                   for r in method_rows if r.all_members}
         summary = {
             "candidates": len(candidates), "truth_candidates": m, "seeds": self.study.truth_seeds,
             "truth_steps": self.truth_steps, "truth_metric": self.study.truth_metric, "stratified_by": by,
-            "best": float(y.max()), "median": float(np.median(y)), "kl": kl,
+            "best": float(y.max()), "median": float(np.median(y)), "kl": kl, "members": members,
             "seconds": round(time.time() - t_start, 1),
         }
         from oneshot_tf.fidelity import report
