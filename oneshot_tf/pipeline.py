@@ -237,6 +237,10 @@ class SearchRun:
         scorer = self.make_scorer()
         t0 = time.time()
         before = len(store.records)
+        if before > self.cfg.num_candidates:
+            logging.warning("%s holds %d scored candidates, more than --num_candidates=%d: the search proposes "
+                            "none and the winners come from all %d (a smaller --num_candidates does not drop "
+                            "scored candidates)", self.model_dir, before, self.cfg.num_candidates, before)
         try:
             self.make_tuner(scorer, store, root).search(verbose=1 if self.verbose else 0)
         finally:

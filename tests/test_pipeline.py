@@ -668,7 +668,7 @@ def test_every_artifact_goes_through_gfile(tmp_path, monkeypatch):
     assert again.run() == results
 
 
-def test_growing_num_candidates_continues_the_search(e2e, tmp_path, monkeypatch):
+def test_growing_num_candidates_continues_the_search(e2e, tmp_path, monkeypatch, caplog):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
     shutil.copytree(e2e / "proxy", model_dir / "proxy")
@@ -683,6 +683,11 @@ def test_growing_num_candidates_continues_the_search(e2e, tmp_path, monkeypatch)
     ids = [r["id"] for r in _read_jsonl(model_dir / "candidates.jsonl")]
     assert ids[:4] == first and sum(scored) == 2  # only the two new candidates were scored
     assert ids == [run.space.arch_id(a) for a in run.space.sample_unique(6, seed=run.cfg.seed + 1)]
+    # shrinking it back scores nothing, keeps every record, and says so
+    caplog.set_level("WARNING")
+    SearchRun(config_lib.resolve("tiny", {"num_candidates": 4}), str(model_dir), verbose=False).score()
+    assert sum(scored) == 2 and [r["id"] for r in _read_jsonl(model_dir / "candidates.jsonl")] == ids
+    assert "holds 6 scored candidates, more than --num_candidates=4" in caplog.text
 
 
 def _scored_copy(e2e, tmp_path):
