@@ -87,10 +87,12 @@ def markdown(rows, summary, title: str) -> str:
             continue
         top = " / ".join(_num(st.get(f"top_half_{k}"), 2) for k in ("pearson", "spearman", "kendall"))
         vs = _ci(st, "vs_params") if "vs_params" in st else ""
+        # a member's costs are its method's row's; a baseline trains nothing
+        train = "-" if r.kind in ("baseline", "member") else _seconds(r.train_seconds)
+        per_candidate = "-" if r.kind == "member" else _seconds(r.seconds_per_candidate)
         lines.append(f"| {r.name} | {st['n']} | {_num(st['pearson'])} | {_ci(st, 'spearman')} | "
                      f"{_ci(st, 'kendall')} | {top} | {_num(st['precision_at_k'], 2)} (k={st['top_k']}) | "
-                     f"{_num(st['top1_accuracy'], 4)} | {vs} | {'-' if r.kind in ('baseline', 'member') else _seconds(r.train_seconds)} | "
-                     f"{_seconds(r.seconds_per_candidate)} |")
+                     f"{_num(st['top1_accuracy'], 4)} | {vs} | {train} | {per_candidate} |")
     for name, kl in s.get("kl", {}).items():
         lines += ["", f"KL analysis (one-shot paper, Figure 6): over all {kl['n']} candidates, {name}'s symmetrized "
                       f"KL to its reference architectures (training images, no labels) against its validation "
@@ -102,7 +104,7 @@ def markdown(rows, summary, title: str) -> str:
         lines += ["", f"Proxy seeds: {name} is the mean of {len(rhos)} proxies trained with different seeds "
                       f"(--proxy_ensemble); each alone ranks at Spearman "
                       f"{', '.join(_num(v, 3) for v in rhos)} (mean {_num(float(np.mean(rhos)), 3)}, range "
-                      f"{_num(float(np.ptp(rhos)), 3)}): rows {name}_member_<i>, train seconds in {name}'s row."]
+                      f"{_num(float(np.ptp(rhos)), 3)}): rows {name}_member_<i>, costs in {name}'s row."]
     lines += ["", "A score that does not beat params is not ranking anything. The ceiling row compares single seeds "
                   "of the ground truth; the ground truth is their mean, more reliable (Spearman-Brown), and no "
                   "score's correlation with it can exceed about the square root of that reliability beyond the "
