@@ -206,6 +206,11 @@ class CandidateScorer:
                  **({"kl": float(kl[i])} if self._ref is not None else {})} for i in range(n)]
 
 
+def member_score_key(member: int) -> str:
+    """The record key of ensemble member ``member``'s own score."""
+    return f"member_{member}_score"
+
+
 class EnsembleScorer:
     """The scorers of several proxies of one method trained with different
     seeds (``--proxy_ensemble``; SMASH's ensemble of HyperNets, its Figure
@@ -230,7 +235,7 @@ class EnsembleScorer:
     def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
         per = [s.score_encodings(encodings) for s in self.scorers]
         return [{**{k: float(np.mean([p[i][k] for p in per])) for k in per[0][i]},
-                 **{f"member_{j}_score": p[i]["score"] for j, p in enumerate(per)}} for i in range(len(encodings))]
+                 **{member_score_key(j): p[i]["score"] for j, p in enumerate(per)}} for i in range(len(encodings))]
 
 
 class CandidateStore:

@@ -339,7 +339,7 @@ class FidelityStudy:
     def _score_method(self, cfg, candidates) -> Row:
         import tensorflow as tf
         from oneshot_tf import pipeline
-        from oneshot_tf.scoring import CandidateStore
+        from oneshot_tf.scoring import CandidateStore, member_score_key
         directory = self._proxy_dir(cfg)
         if cfg.method in self.reuse:
             stored = io_utils.read_json(io_utils.join(directory, "config.json"))
@@ -377,7 +377,7 @@ class FidelityStudy:
         row.all_scores = np.array([by_id[r["id"]]["score"] for r in candidates], np.float64)
         if all("kl" in by_id[r["id"]] for r in candidates):
             row.all_kl = np.array([by_id[r["id"]]["kl"] for r in candidates], np.float64)
-        members = [f"member_{j}_score" for j in range(cfg.proxy_ensemble)] if cfg.proxy_ensemble > 1 else []
+        members = [member_score_key(j) for j in range(cfg.proxy_ensemble)] if cfg.proxy_ensemble > 1 else []
         if members and all(m in by_id[r["id"]] for r in candidates for m in members):
             row.all_members = [np.array([by_id[r["id"]][m] for r in candidates], np.float64) for m in members]
         return row
@@ -540,7 +540,7 @@ class FidelityStudy:
         truth_cands = [candidates[i] for i in picks]
         results = self.run_jobs(self.truth_jobs(truth_cands) + self.sgd_jobs(truth_cands))
         truth = self.ground_truth(truth_cands, results)
-        rows = []
+        rows, member_rows = [], {}
         for r in method_rows:
             if not r.error:
                 r.scores = r.all_scores[picks]
@@ -549,8 +549,10 @@ class FidelityStudy:
                 rows.append(Row(f"{r.name}_kl", "method", scores=-r.all_kl[picks], train_seconds=r.train_seconds,
                                 seconds_per_candidate=r.seconds_per_candidate))
             # an ensemble's members one by one: how much a proxy's ranking moves with its training seed
-            rows += [Row(f"{r.name}_member_{j}", "member", scores=member[picks])
-                     for j, member in enumerate(r.all_members or [])]
+            if r.all_members:
+                member_rows[r.name] = [Row(f"{r.name}_member_{j}", "member", scores=member[picks])
+                                       for j, member in enumerate(r.all_members)]
+                rows += member_rows[r.name]
         for b in ("params", "flops"):
             if b in self.baselines:
                 rows.append(Row(b, "baseline", scores=np.array([c[b] for c in truth_cands], np.float64),
@@ -572,9 +574,7 @@ class FidelityStudy:
         ceiling.stats = ceiling_stats(truth, bootstrap=self.study.bootstrap, seed=self.cfgs[0].seed)
         rows.append(ceiling)
         kl = {r.name: kl_analysis(r.all_scores, r.all_kl) for r in method_rows if r.all_kl is not None}
-        members = {r.name: [m.stats["spearman"] for m in rows if m.kind == "member"
-                            and m.name.startswith(f"{r.name}_member_") and not m.error]
-                   for r in method_rows if r.all_members}
+        members = {name: [m.stats["spearman"] for m in rs] for name, rs in member_rows.items()}
         summary = {
             "candidates": len(candidates), "truth_candidates": m, "seeds": self.study.truth_seeds,
             "truth_steps": self.truth_steps, "truth_metric": self.study.truth_metric, "stratified_by": by,
