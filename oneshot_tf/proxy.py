@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from oneshot_tf.search_space import SearchSpace
@@ -79,6 +80,11 @@ class Proxy(TrainTask):
         """JSON-able settings of the proxy (written into config.json)."""
 
 
+def stack_encodings(encodings: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """``encode`` outputs stacked on a new axis 0 (one array per name)."""
+    return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
+
+
 def map_candidates(one, k: int) -> tf.Tensor:
     """``[k, ...]`` float32: ``one(i)`` for each of ``k`` candidates, as an
     in-graph loop (``one`` is traced once; a hypernetwork proxy generates and
@@ -86,3 +92,33 @@ def map_candidates(one, k: int) -> tf.Tensor:
     if k == 1:
         return one(0)[None]
     return tf.map_fn(one, tf.range(k), fn_output_signature=tf.float32, parallel_iterations=2)
+
+
+class PerCandidateProxy(Proxy):
+    """A proxy that evaluates candidates one at a time in an in-graph loop
+    (a hypernetwork: generate a candidate's weights, run its network).
+
+    It implements ``per_candidate``; ``candidates_logits`` (every candidate
+    on the same images) and ``candidate_logits`` (candidate ``k`` on group
+    ``k`` of the images) both go through it."""
+
+    _stack = staticmethod(stack_encodings)
+
+    @abc.abstractmethod
+    def per_candidate(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor], num_ghost: int,
+                      shared_images: bool) -> tf.Tensor:
+        """Logits ``[K, n, num_classes]`` of the ``K`` candidates of
+        ``encodings``, each on ``images`` ``[n, H, W, C]`` when
+        ``shared_images``, else on its own ``images[k]`` (``[K, n, H, W,
+        C]``), in ``num_ghost`` groups with their own batch statistics."""
+
+    def candidates_logits(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor],
+                          group_size: int) -> tf.Tensor:
+        return self.per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
+
+    def candidate_logits(self, images: tf.Tensor, encodings: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        k = int(next(iter(encodings.values())).shape[0])
+        n = int(images.shape[0]) // k
+        per = tf.reshape(images, [k, n] + list(images.shape[1:]))
+        out = self.per_candidate(per, encodings, max(1, n // self.group_size), False)
+        return tf.reshape(out, [k * n, -1])

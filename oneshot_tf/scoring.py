@@ -13,7 +13,7 @@ from absl import logging
 
 from oneshot_tf import io_utils
 from oneshot_tf.config import RANKINGS
-from oneshot_tf.proxy import Proxy
+from oneshot_tf.proxy import Proxy, stack_encodings
 
 
 @dataclasses.dataclass
@@ -184,7 +184,7 @@ class CandidateScorer:
 
     @staticmethod
     def _stack(encodings: Sequence[Dict[str, np.ndarray]]):
-        return {k: tf.constant(np.stack([e[k] for e in encodings])) for k in encodings[0]}
+        return {k: tf.constant(v) for k, v in stack_encodings(encodings).items()}
 
     def score_encodings(self, encodings: Sequence[Dict[str, np.ndarray]]) -> List[Dict[str, float]]:
         """Scores of up to ``K`` candidates (one compiled call per pass)."""

@@ -17,7 +17,7 @@ import abc
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -28,6 +28,40 @@ class ArchitectureError(ValueError):
     The message names the offending part (for cell spaces: the block) and
     the problem.
     """
+
+
+def hyperparameter_value(values: Mapping[str, Any], name: str, part: str) -> Any:
+    """``values[name]``, or an ``ArchitectureError`` naming ``part`` (e.g.
+    ``"block 2"``) and the missing hyperparameter."""
+    try:
+        return values[name]
+    except KeyError:
+        raise ArchitectureError(f"{part}: hyperparameter {name!r} missing") from None
+
+
+def index_set(indices: Iterable[int]) -> str:
+    """A set of input indices as a hyperparameter value: ``(0, 3)`` -> ``"0+3"``."""
+    return "+".join(str(int(i)) for i in indices)
+
+
+def parse_index_set(value: Any, part: str) -> Tuple[int, ...]:
+    """The inverse of ``index_set``; an ``ArchitectureError`` naming ``part``
+    for a malformed value."""
+    try:
+        return tuple(int(u) for u in str(value).split("+"))
+    except ValueError:
+        raise ArchitectureError(f"{part}: malformed inputs value {value!r}") from None
+
+
+def widened_filters(filters: int, multiplier: float) -> int:
+    """``filters * multiplier``, a whole number of at least 1 (for
+    ``SearchSpace.widened`` of a space with an ``F``), or a ``ValueError``
+    naming both."""
+    out = filters * multiplier
+    if multiplier <= 0 or abs(out - round(out)) > 1e-9 or round(out) < 1:
+        raise ValueError(f"width multiplier {multiplier} does not give a whole number of filters from "
+                         f"F={filters} (F x {multiplier} = {out:g})")
+    return int(round(out))
 
 
 def canonical_json(obj: Any) -> str:

@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from oneshot_tf.search_space import ArchitectureError, SearchSpace, StandaloneOptions
+from oneshot_tf.search_space import (ArchitectureError, SearchSpace, StandaloneOptions, hyperparameter_value,
+                                     index_set, parse_index_set, widened_filters)
 
 OPS: Tuple[str, ...] = ("identity", "conv1x1", "sep3x3", "sep5x5", "dil_sep3x3", "dil_sep5x5", "conv1x7_7x1",
                         "maxpool3x3", "avgpool3x3")
@@ -239,28 +240,22 @@ class DagSearchSpace(SearchSpace):
         combination is an architecture."""
         for j in range(self.num_nodes):
             hp.Choice(f"node{j}_op", list(self.ops))
-            hp.Choice(f"node{j}_inputs", ["+".join(map(str, c)) for c in self._input_sets(j)])
+            hp.Choice(f"node{j}_inputs", [index_set(c) for c in self._input_sets(j)])
 
     def to_hyperparameters(self, arch: DagArchitecture) -> Dict[str, Any]:
         self.validate(arch)
         out = {}
         for j, n in enumerate(arch.nodes):
             out[f"node{j}_op"] = n.op
-            out[f"node{j}_inputs"] = "+".join(map(str, n.inputs))
+            out[f"node{j}_inputs"] = index_set(n.inputs)
         return out
 
     def from_hyperparameters(self, values: Mapping[str, Any]) -> DagArchitecture:
         nodes = []
         for j in range(self.num_nodes):
-            try:
-                op, inputs = values[f"node{j}_op"], values[f"node{j}_inputs"]
-            except KeyError as e:
-                raise ArchitectureError(f"node {j}: hyperparameter {e.args[0]!r} missing") from None
-            try:
-                parsed = tuple(int(u) for u in str(inputs).split("+"))
-            except ValueError:
-                raise ArchitectureError(f"node {j}: malformed inputs value {inputs!r}") from None
-            nodes.append(DagNode(str(op), parsed))
+            op = hyperparameter_value(values, f"node{j}_op", f"node {j}")
+            inputs = parse_index_set(hyperparameter_value(values, f"node{j}_inputs", f"node {j}"), f"node {j}")
+            nodes.append(DagNode(str(op), inputs))
         return self.validate(DagArchitecture(tuple(nodes)))
 
     # -- the network -------------------------------------------------------
@@ -293,11 +288,7 @@ class DagSearchSpace(SearchSpace):
                                       options=options or StandaloneOptions())
 
     def widened(self, multiplier: float) -> "DagSearchSpace":
-        filters = self.filters * multiplier
-        if multiplier <= 0 or abs(filters - round(filters)) > 1e-9 or round(filters) < 1:
-            raise ValueError(f"width multiplier {multiplier} does not give a whole number of filters from "
-                             f"F={self.filters} (F x {multiplier} = {filters:g})")
-        return type(self).from_config({**self.get_config(), "filters": int(round(filters))})
+        return type(self).from_config({**self.get_config(), "filters": widened_filters(self.filters, multiplier)})
 
     def width(self) -> int:
         return self.filters

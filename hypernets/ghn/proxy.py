@@ -33,7 +33,7 @@ from hypernets.ghn.dag_space import DagSearchSpace
 from hypernets.ghn.network_graph import NODE_TYPES, CellNetworkGraph
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.methods.oneshot.oneshot_model import OneShotCell, OneShotModel
-from oneshot_tf.proxy import Proxy, map_candidates
+from oneshot_tf.proxy import PerCandidateProxy, map_candidates
 
 #: How the graph network sees a candidate: the whole network as one graph
 #: (GHN-2's), or the stacked GHN's modules one after another (section 4.3).
@@ -199,7 +199,7 @@ class GraphHyperNetwork(keras.Model):
                 "edge_destinations": self.edge_destinations, **self._config}
 
 
-class GHNProxy(Proxy):
+class GHNProxy(PerCandidateProxy):
     """A graph hypernetwork over ``space`` (the one-shot cell space)."""
 
     def __init__(self, space: CellSearchSpace, *, input_shape: Sequence[int], num_classes: int,
@@ -302,10 +302,6 @@ class GHNProxy(Proxy):
             static_shapes=self.static_shapes, virtual_edges=bool(self.virtual_edges), **stacking)
         self.model(self._stack([self.encode(self.space.sample(np.random.default_rng(0)))]))
 
-    @staticmethod
-    def _stack(encodings: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
-
     def encode(self, arch) -> Dict[str, np.ndarray]:
         """The graph of ``arch``'s whole network (``CellNetworkGraph.encode``,
         ``DagNetworkGraph.encode``)."""
@@ -358,7 +354,9 @@ class GHNProxy(Proxy):
         return ce, {"cross_entropy": ce, "accuracy": correct / global_batch_size}
 
     # -- scoring -----------------------------------------------------------
-    def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+    def per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+        """The GHN generates every candidate's weights in one pass, then each
+        candidate's network runs in an in-graph loop."""
         weights = self.generate(encodings)
         k = int(encodings["adjacency"].shape[0])
 
@@ -368,15 +366,3 @@ class GHNProxy(Proxy):
             return self.network_logits(values, im, encodings, k_, num_ghost)
 
         return map_candidates(one, k)
-
-    def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
-        """Each candidate's generated network on all ``images`` (an in-graph
-        loop over candidates; the GHN runs once for all of them)."""
-        return self._per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
-
-    def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
-        k = int(encodings["adjacency"].shape[0])
-        n = int(images.shape[0]) // k
-        per = tf.reshape(images, [k, n] + list(images.shape[1:]))
-        out = self._per_candidate(per, encodings, max(1, n // self._group_size), False)
-        return tf.reshape(out, [k * n, -1])

@@ -18,7 +18,7 @@ group, the running statistics, or statistics recomputed per candidate on
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -28,7 +28,7 @@ from hypernets.smash.hypernet import HyperNet, weight_matrix
 from hypernets.smash.network import BN_MODES, SmashNetwork, network_structure
 from hypernets.smash.space import MemoryBankSpace
 from oneshot_tf.layers import Standardize
-from oneshot_tf.proxy import Proxy, map_candidates
+from oneshot_tf.proxy import PerCandidateProxy, map_candidates
 
 
 class SmashModel(keras.Model):
@@ -59,7 +59,7 @@ class SmashModel(keras.Model):
                             calibration=calibration, update_stats=update_stats)
 
 
-class SmashProxy(Proxy):
+class SmashProxy(PerCandidateProxy):
     def __init__(self, space: MemoryBankSpace, *, input_shape: Sequence[int], num_classes: int,
                  mean: Sequence[float] = None, std: Sequence[float] = None, group_size: int = 32,
                  weight_decay: float = 1e-4, growth: int = 10, block_layers: Sequence[int] = (8, 10, 4),
@@ -133,9 +133,6 @@ class SmashProxy(Proxy):
         """c (appendix B) and the padded structure of ``arch``."""
         return {"c": self.space.encode(arch)["c"], **network_structure(self.space, arch)}
 
-    def _stack(self, encodings: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        return {k: np.stack([e[k] for e in encodings]) for k in encodings[0]}
-
     # -- training ----------------------------------------------------------
     def step_inputs(self, step: int, *, seed, progress: float, global_batch_size: int):
         """The step's architecture, drawn with the step's seed (``[1, ...]``)."""
@@ -177,7 +174,9 @@ class SmashProxy(Proxy):
             return tf.cast(out[n:], tf.float32)
         return tf.cast(self.model({"images": images, **enc}, num_ghost=num_ghost, bn=self.score_bn), tf.float32)
 
-    def _per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+    def per_candidate(self, images, encodings, num_ghost: int, shared_images: bool):
+        """The HyperNet and the network once per candidate, in an in-graph loop
+        (each candidate runs at its own widths)."""
         k = int(encodings["c"].shape[0])
 
         def one(i):
@@ -185,15 +184,3 @@ class SmashProxy(Proxy):
             return self._score_logits(images if shared_images else images[i], enc, num_ghost)
 
         return map_candidates(one, k)
-
-    def candidates_logits(self, images, encodings: Mapping[str, tf.Tensor], group_size: int):
-        """Each candidate on all ``images`` (the HyperNet and network once per
-        candidate, an in-graph loop)."""
-        return self._per_candidate(images, encodings, int(images.shape[0]) // group_size, True)
-
-    def candidate_logits(self, images, encodings: Mapping[str, tf.Tensor]):
-        k = int(encodings["c"].shape[0])
-        n = int(images.shape[0]) // k
-        per = tf.reshape(images, [k, n] + list(images.shape[1:]))
-        out = self._per_candidate(per, encodings, max(1, n // self._group_size), False)
-        return tf.reshape(out, [k * n, -1])

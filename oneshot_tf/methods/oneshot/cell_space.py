@@ -51,7 +51,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from oneshot_tf.search_space import ArchitectureError, SearchSpace, StandaloneOptions
+from oneshot_tf.search_space import (ArchitectureError, SearchSpace, StandaloneOptions, hyperparameter_value,
+                                     index_set, parse_index_set, widened_filters)
 
 #: The seven ops of the paper, in mask order.
 OPS: Tuple[str, ...] = (
@@ -445,7 +446,7 @@ class CellSearchSpace(SearchSpace):
     # -- keras-tuner ---------------------------------------------------------
     def _input_choices(self, i: int) -> List[str]:
         k = self.num_candidate_inputs(i)
-        return ["+".join(str(j) for j in range(k) if bits >> j & 1) for bits in range(1, 2 ** k)]
+        return [index_set(j for j in range(k) if bits >> j & 1) for bits in range(1, 2 ** k)]
 
     def _op_choices(self) -> List[str]:
         return ["+".join(ops) for ops in self._op_sets]
@@ -463,22 +464,16 @@ class CellSearchSpace(SearchSpace):
         self.validate(arch)
         out = {}
         for i, b in enumerate(arch.blocks):
-            out[f"block{i}_inputs"] = "+".join(str(j) for j in b.inputs)
+            out[f"block{i}_inputs"] = index_set(b.inputs)
             out[f"block{i}_ops"] = "+".join(b.ops)
         return out
 
     def from_hyperparameters(self, values: Mapping[str, Any]) -> CellArchitecture:
         blocks = []
         for i in range(self.num_blocks):
-            try:
-                inputs, ops = values[f"block{i}_inputs"], values[f"block{i}_ops"]
-            except KeyError as e:
-                raise ArchitectureError(f"block {i}: hyperparameter {e.args[0]!r} missing") from None
-            try:
-                parsed = tuple(int(j) for j in str(inputs).split("+"))
-            except ValueError:
-                raise ArchitectureError(f"block {i}: malformed inputs value {inputs!r}") from None
-            blocks.append(Block(parsed, tuple(str(ops).split("+"))))
+            inputs = parse_index_set(hyperparameter_value(values, f"block{i}_inputs", f"block {i}"), f"block {i}")
+            ops = hyperparameter_value(values, f"block{i}_ops", f"block {i}")
+            blocks.append(Block(inputs, tuple(str(ops).split("+"))))
         return self.validate(CellArchitecture(tuple(blocks)))
 
     # -- network plan ------------------------------------------------------
@@ -545,11 +540,7 @@ class CellSearchSpace(SearchSpace):
 
     def widened(self, multiplier: float) -> "CellSearchSpace":
         """The space at ``F * multiplier`` filters (a whole number of at least 1)."""
-        filters = self.filters * multiplier
-        if multiplier <= 0 or abs(filters - round(filters)) > 1e-9 or round(filters) < 1:
-            raise ValueError(f"width multiplier {multiplier} does not give a whole number of filters from "
-                             f"F={self.filters} (F x {multiplier} = {filters:g})")
-        return type(self).from_config({**self.get_config(), "filters": int(round(filters))})
+        return type(self).from_config({**self.get_config(), "filters": widened_filters(self.filters, multiplier)})
 
     def width(self) -> int:
         """F, the filters per choice block of the first stage."""
