@@ -207,7 +207,12 @@ def test_training_draws_smaller_blocks_and_reaches_every_part():
         assert max(float(tf.norm(x)) for p, x in g.items() if part in p) > 0, part
 
 
-def test_one_trace_scores_blocks_of_different_sizes(space, proxy):
+def test_one_trace_scores_blocks_of_different_sizes():
+    """One block (a short trace): a block of 2 of its 4 nodes and one of 4
+    in one pass, then swapped; each scores the same in either slot."""
+    space = DagSearchSpace(num_nodes=4, num_blocks=1, num_stages=1, filters=4)
+    proxy = GHNProxy(space, input_shape=SHAPE, num_classes=3, group_size=4, chunk_channels=4)
+    proxy.build()
     images = tf.cast(tf.random.uniform((8,) + SHAPE, 0, 255, seed=6), tf.uint8)
     traces = []
 

@@ -419,6 +419,47 @@ def test_the_fidelity_study_serves_the_method_by_its_registration(tmp_path):
     assert "unknown: one seed per candidate" in (tmp_path / "fidelity.md").read_text()
 
 
+def test_the_fidelity_study_ranks_earlier_settings_on_its_ground_truth(tmp_path):
+    """Two study runs in one directory under other method settings (the same
+    params-stratified ground truth): the second run's table also ranks the
+    first run's scores (row METHOD-<hash>, numbers recomputed by hand), and
+    says which flag differs; a score file missing a candidate, or
+    --noearlier, leaves the row out."""
+    import csv
+    from oneshot_tf.fidelity import stats
+    from oneshot_tf.fidelity import study as study_lib
+    base = {"methods": NAME, "baselines": "params", "truth_epochs": 0.3, "num_candidates": 6,
+            "stratify_by": "params", "truth_seeds": 1}
+
+    def run(**overrides):
+        study, cfgs = study_lib.resolve("tiny", {**base, **overrides})
+        out = study_lib.FidelityStudy(study, cfgs, str(tmp_path), verbose=False).run()
+        with open(tmp_path / "fidelity.csv") as f:
+            return out, {r["name"]: r for r in csv.DictReader(f)}
+
+    first, _ = run(train_steps=30)
+    (store,) = (tmp_path / "scores").iterdir()
+    tag = store.name[: -len(".jsonl")]
+    out, rows = run(train_steps=40)
+    assert list(rows) == [NAME, tag, "params", "ceiling (seed vs seed)"]
+    assert rows[tag]["kind"] == "earlier" and rows[tag]["error"] == ""
+    ids = [c["id"] for c in out["truth_candidates"]]
+    assert ids == [c["id"] for c in first["truth_candidates"]]        # one ground truth
+    by_id = {r["id"]: r for r in map(json.loads, store.read_text().splitlines())}
+    earlier = np.array([by_id[i]["score"] for i in ids])
+    assert float(rows[tag]["spearman"]) == pytest.approx(stats.spearman(earlier, out["truth"].mean(axis=1)))
+    assert rows[tag]["vs_params"] != ""
+    assert out["summary"]["settings"] == {NAME: {"train_steps": 40}, tag: {"train_steps": 30}}
+    md = (tmp_path / "fidelity.md").read_text()
+    assert f"- {NAME}: --train_steps=40" in md and f"- {tag}: --train_steps=30" in md
+
+    _, rows = run(train_steps=40, earlier=False)
+    assert tag not in rows
+    store.write_text("".join(store.read_text().splitlines(keepends=True)[1:]))   # a candidate unscored
+    out, rows = run(train_steps=40)
+    assert tag not in rows and out["summary"]["settings"] == {}
+
+
 def test_the_fidelity_study_shows_each_ensemble_member(tmp_path):
     """--proxy_ensemble=2 in a study: the method's row ranks by the members'
     mean, and a row per member ranks by that member's own scores (the

@@ -41,6 +41,14 @@ def _seconds(v) -> str:
     return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
 
+def _flag(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def csv_rows(rows, summary) -> List[Dict[str, Any]]:
     out = []
     for r in rows:
@@ -105,6 +113,14 @@ def markdown(rows, summary, title: str) -> str:
                       f"(--proxy_ensemble); each alone ranks at Spearman "
                       f"{', '.join(_num(v, 3) for v in rhos)} (mean {_num(float(np.mean(rhos)), 3)}, range "
                       f"{_num(float(np.ptp(rhos)), 3)}): rows {name}_member_<i>, costs in {name}'s row."]
+    legend = s.get("settings", {})
+    if legend:
+        lines += ["", "Settings: rows METHOD-<hash> are scores that earlier runs of this study directory left "
+                      "under other settings of a method, ranked on this run's ground truth (--noearlier leaves "
+                      "them out); the identity flags that differ among a method's rows:", ""]
+        for name, flags in legend.items():
+            shown = ", ".join(f"--{k}={_flag(v)}" for k, v in flags.items()) or "(no identity flag differs)"
+            lines.append(f"- {name}: {shown}")
     lines += ["", "A score that does not beat params is not ranking anything. The ceiling row compares single seeds "
                   "of the ground truth; the ground truth is their mean, more reliable (Spearman-Brown), and no "
                   "score's correlation with it can exceed about the square root of that reliability beyond the "

@@ -10,7 +10,8 @@ One study directory::
     scores/<method>-<hash>.jsonl  its scores of the N candidates (resumable)
     truth/<hash>.json           cached stand-alone results: one per (candidate, seed, budget, training
                                 settings, data), ground truth, SGD-for-k-steps baselines and zero-cost scores
-    fidelity.csv, fidelity.md   the table (one row per method, baseline and the seed ceiling)
+    fidelity.csv, fidelity.md   the table (one row per method, baseline and the seed ceiling; rows
+                                METHOD-<hash> for the scores earlier runs left under other settings)
     fidelity_candidates.csv     the M ground-truth candidates: every score and every seed's accuracy
     fidelity.png, kl.png        score against stand-alone accuracy per row; KL against proxy accuracy
     tb/                         TensorBoard: the plots, the table as text, correlations as scalars
@@ -89,6 +90,10 @@ class StudySettings:
                                  low=1)
     reuse: str = setting("", "METHOD=DIR[,...]: score with the trained proxy of a search directory "
                              "(experiments.train/run) instead of training one; its data and space must match.")
+    earlier: bool = setting(True, "Also rank, on this run's ground truth, the scores that earlier runs of this "
+                                  "study directory left under other method settings (rows METHOD-<hash>, with "
+                                  "the settings that differ listed under the table), so ablations run one after "
+                                  "another share one table; --noearlier shows this run's methods only.")
 
 
 STUDY_PRESETS = {
@@ -201,7 +206,7 @@ class Row:
     ground-truth candidates, or the ceiling."""
 
     name: str
-    kind: str                       # method | member | baseline | ceiling
+    kind: str                       # method | member | earlier | baseline | ceiling
     scores: Optional[np.ndarray] = None  # [M], higher is better
     train_seconds: Optional[float] = None
     seconds_per_candidate: Optional[float] = None
@@ -210,6 +215,9 @@ class Row:
     all_scores: Optional[np.ndarray] = None  # a method's: [N], every candidate
     all_kl: Optional[np.ndarray] = None      # a method's symmetrized KL, [N], if it has one
     all_members: Optional[List[np.ndarray]] = None  # --proxy_ensemble=K > 1: each member proxy's scores, K x [N]
+    settings: Optional[Dict[str, Any]] = None  # a method's identity flags (the settings legend)
+    tag: str = ""                    # a method's: its score file, scores/<tag>.jsonl
+    method: str = ""                 # a method's or an earlier row's: the method
 
 
 class FidelityStudy:
@@ -373,7 +381,8 @@ class FidelityStudy:
             bar.add(len(chunk))
         by_id = {r["id"]: r for r in store.records}
         row = Row(cfg.method, "method", train_seconds=cost["train_seconds"],
-                  seconds_per_candidate=float(np.mean([by_id[r["id"]]["seconds"] for r in candidates])))
+                  seconds_per_candidate=float(np.mean([by_id[r["id"]]["seconds"] for r in candidates])),
+                  settings=cfg.identity(), tag=tag, method=cfg.method)
         row.all_scores = np.array([by_id[r["id"]]["score"] for r in candidates], np.float64)
         if all("kl" in by_id[r["id"]] for r in candidates):
             row.all_kl = np.array([by_id[r["id"]]["kl"] for r in candidates], np.float64)
@@ -381,6 +390,44 @@ class FidelityStudy:
         if members and all(m in by_id[r["id"]] for r in candidates for m in members):
             row.all_members = [np.array([by_id[r["id"]][m] for r in candidates], np.float64) for m in members]
         return row
+
+    def earlier_rows(self, candidates, current: Sequence[str]) -> List[Row]:
+        """A row per score file an earlier run of this directory left under
+        other method settings (``scores/<tag>.jsonl``, ``tag`` not in
+        ``current``), with its proxy's identity flags, when it scored every
+        one of this run's candidates on this run's data and space; files that
+        do not qualify are logged and left out."""
+        import tensorflow as tf
+        from oneshot_tf.scoring import CandidateStore
+        rows = []
+        for path in sorted(tf.io.gfile.glob(self.path("scores", "*.jsonl"))):
+            tag = path.replace("\\", "/").rsplit("/", 1)[-1][: -len(".jsonl")]
+            if tag in current:
+                continue
+            config_path = self.path("proxies", tag, "config.json")
+            if not tf.io.gfile.exists(config_path):
+                logging.info("earlier scores %s: no proxies/%s/config.json (a reused proxy): left out", tag, tag)
+                continue
+            stored = io_utils.read_json(config_path)
+            if stored.get("data") != self.dataset.summary() or stored.get("search_space") != self.space.get_config():
+                logging.info("earlier scores %s: other data or another space: left out", tag)
+                continue
+            by_id = {r["id"]: r for r in CandidateStore(path).records}
+            missing = sum(c["id"] not in by_id for c in candidates)
+            if missing:
+                logging.info("earlier scores %s: %d of this run's %d candidates unscored: left out", tag, missing,
+                             len(candidates))
+                continue
+            cost_path = self.path("proxies", tag, "study_cost.json")
+            cost = io_utils.read_json(cost_path) if tf.io.gfile.exists(cost_path) else {}
+            row = Row(tag, "earlier", train_seconds=cost.get("train_seconds"),
+                      seconds_per_candidate=float(np.mean([by_id[c["id"]].get("seconds", np.nan)
+                                                           for c in candidates])),
+                      settings=stored.get("identity", {}).get("flags", {}), tag=tag,
+                      method=stored.get("method", tag.split("-", 1)[0]))
+            row.all_scores = np.array([by_id[c["id"]]["score"] for c in candidates], np.float64)
+            rows.append(row)
+        return rows
 
     # -- stand-alone jobs -----------------------------------------------------
     def _job(self, cand, steps: int, seed: int) -> Dict[str, Any]:
@@ -553,6 +600,11 @@ class FidelityStudy:
                 member_rows[r.name] = [Row(f"{r.name}_member_{j}", "member", scores=member[picks])
                                        for j, member in enumerate(r.all_members)]
                 rows += member_rows[r.name]
+        earlier = self.earlier_rows(candidates, [r.tag for r in method_rows if not r.error]) \
+            if self.study.earlier else []
+        for r in earlier:
+            r.scores = r.all_scores[picks]
+        rows += earlier
         for b in ("params", "flops"):
             if b in self.baselines:
                 rows.append(Row(b, "baseline", scores=np.array([c[b] for c in truth_cands], np.float64),
@@ -575,15 +627,32 @@ class FidelityStudy:
         rows.append(ceiling)
         kl = {r.name: kl_analysis(r.all_scores, r.all_kl) for r in method_rows if r.all_kl is not None}
         members = {name: [m.stats["spearman"] for m in rs] for name, rs in member_rows.items()}
+        settings = settings_legend([r for r in method_rows if not r.error], earlier)
         summary = {
             "candidates": len(candidates), "truth_candidates": m, "seeds": self.study.truth_seeds,
             "truth_steps": self.truth_steps, "truth_metric": self.study.truth_metric, "stratified_by": by,
             "best": float(y.max()), "median": float(np.median(y)), "kl": kl, "members": members,
+            "settings": settings,
             "seconds": round(time.time() - t_start, 1),
         }
         from oneshot_tf.fidelity import report
         report.write(self, rows, truth, truth_cands, picks, method_rows, summary)
         return {"rows": rows, "truth": truth, "summary": summary, "truth_candidates": truth_cands}
+
+
+def settings_legend(current: Sequence[Row], earlier: Sequence[Row]) -> Dict[str, Dict[str, Any]]:
+    """For every row of a method that has earlier rows, ``{row name:
+    {flag: value}}`` of the identity flags whose values differ among that
+    method's rows (this run's and the earlier ones); ``{}`` without earlier
+    rows."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for method in sorted({r.method for r in earlier}):
+        group = [r for r in current if r.method == method] + [r for r in earlier if r.method == method]
+        keys = sorted({k for r in group for k in r.settings})
+        differ = [k for k in keys if len({canonical_json(r.settings.get(k)) for r in group}) > 1]
+        for r in group:
+            out[r.name] = {k: r.settings.get(k) for k in differ}
+    return out
 
 
 def row_stats(scores, truth, *, top_k: int, bootstrap: int, seed: int) -> Dict[str, Any]:
