@@ -205,6 +205,7 @@ def _search(strategy, directory, k=4, n=10):
         return [json.loads(line) for line in f], scorer
 
 
+@pytest.mark.integration  # scoring on two replicas and one device (~17 s): CI's integration step
 def test_scoring_split_across_replicas_loses_and_duplicates_nothing(tmp_path):
     one, _ = _search(tf.distribute.get_strategy(), tmp_path / "one")
     two, scorer = _search(_two_cpus(), tmp_path / "two")

@@ -115,6 +115,7 @@ def test_load_serving_returns_a_working_serve_function(tmp_path):
     assert serve.info["image_shape"] == list(SHAPE)
 
 
+@pytest.mark.integration  # two retrainings and exports (~12 s): CI's integration step
 def test_export_over_existing_export_replaces_it(tmp_path):
     path = str(tmp_path / "sm")
     export_saved_model(_model(seed=0), path)

@@ -241,6 +241,7 @@ def test_recompute_batch_norm_sets_the_batch_statistics():
     assert bn.momentum == 0.99  # restored
 
 
+@pytest.mark.integration  # three stand-alone trainings (~11 s): CI's integration step
 def test_runs_of_one_candidate_share_one_trace_and_equal_fresh_runs(tmp_path):
     space, ds = _tiny_space(filters=4)
     arch = space.sample_at(0, 1)

@@ -180,6 +180,7 @@ def test_generated_weights_run_the_candidate(space, proxy):
     np.testing.assert_allclose(out.numpy(), direct.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration  # a traced GHN training step's gradient (~25 s): CI's integration step
 def test_training_draws_smaller_blocks_and_reaches_every_part():
     """In the traced step (as training runs it) every GHN variable has a
     gradient, and every part of the GHN a nonzero one (one block of 3 nodes

@@ -538,6 +538,7 @@ def test_oneshot_candidate_loop_equals_the_tiled_default(scorer):
     assert np.abs(loop[0] - loop[1]).max() > 1e-3
 
 
+@pytest.mark.integration  # two scorer traces (~11 s): CI's integration step
 def test_groups_per_pass_do_not_change_scores(scorer):
     """The 3 validation and 2 KL groups in one pass, in passes of 2 (the last
     padded) or of 1: the same scores, one trace each."""

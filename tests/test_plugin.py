@@ -460,6 +460,7 @@ def test_the_fidelity_study_ranks_earlier_settings_on_its_ground_truth(tmp_path)
     assert tag not in rows and out["summary"]["settings"] == {}
 
 
+@pytest.mark.integration  # a study with two proxies (~12 s): CI's integration step
 def test_the_fidelity_study_shows_each_ensemble_member(tmp_path):
     """--proxy_ensemble=2 in a study: the method's row ranks by the members'
     mean, and a row per member ranks by that member's own scores (the

@@ -336,6 +336,7 @@ class HostMaskProxy(OneShotProxy):
         return out
 
 
+@pytest.mark.integration  # two trainings (~13 s): CI's integration step
 def test_path_dropout_masks_drawn_on_the_host_train_identically(digits_small, tmp_path):
     """One-shot's path dropout through the generic per-step mechanism
     (TrainTask.step_inputs): masks drawn on the host by the same function
