@@ -216,7 +216,6 @@ class Row:
     all_kl: Optional[np.ndarray] = None      # a method's symmetrized KL, [N], if it has one
     all_members: Optional[List[np.ndarray]] = None  # --proxy_ensemble=K > 1: each member proxy's scores, K x [N]
     settings: Optional[Dict[str, Any]] = None  # a method's identity flags (the settings legend)
-    tag: str = ""                    # a method's: its score file, scores/<tag>.jsonl
     method: str = ""                 # a method's or an earlier row's: the method
 
 
@@ -382,7 +381,7 @@ class FidelityStudy:
         by_id = {r["id"]: r for r in store.records}
         row = Row(cfg.method, "method", train_seconds=cost["train_seconds"],
                   seconds_per_candidate=float(np.mean([by_id[r["id"]]["seconds"] for r in candidates])),
-                  settings=cfg.identity(), tag=tag, method=cfg.method)
+                  settings=cfg.identity(), method=cfg.method)
         row.all_scores = np.array([by_id[r["id"]]["score"] for r in candidates], np.float64)
         if all("kl" in by_id[r["id"]] for r in candidates):
             row.all_kl = np.array([by_id[r["id"]]["kl"] for r in candidates], np.float64)
@@ -401,7 +400,7 @@ class FidelityStudy:
         from oneshot_tf.scoring import CandidateStore
         rows = []
         for path in sorted(tf.io.gfile.glob(self.path("scores", "*.jsonl"))):
-            tag = path.replace("\\", "/").rsplit("/", 1)[-1][: -len(".jsonl")]
+            tag = path.rsplit("/", 1)[-1][: -len(".jsonl")]
             if tag in current:
                 continue
             config_path = self.path("proxies", tag, "config.json")
@@ -423,7 +422,7 @@ class FidelityStudy:
             row = Row(tag, "earlier", train_seconds=cost.get("train_seconds"),
                       seconds_per_candidate=float(np.mean([by_id[c["id"]].get("seconds", np.nan)
                                                            for c in candidates])),
-                      settings=stored.get("identity", {}).get("flags", {}), tag=tag,
+                      settings=stored.get("identity", {}).get("flags", {}),
                       method=stored.get("method", tag.split("-", 1)[0]))
             row.all_scores = np.array([by_id[c["id"]]["score"] for c in candidates], np.float64)
             rows.append(row)
@@ -600,7 +599,7 @@ class FidelityStudy:
                 member_rows[r.name] = [Row(f"{r.name}_member_{j}", "member", scores=member[picks])
                                        for j, member in enumerate(r.all_members)]
                 rows += member_rows[r.name]
-        earlier = self.earlier_rows(candidates, [r.tag for r in method_rows if not r.error]) \
+        earlier = self.earlier_rows(candidates, [self.method_tag(c) for c in self.cfgs]) \
             if self.study.earlier else []
         for r in earlier:
             r.scores = r.all_scores[picks]
