@@ -117,7 +117,7 @@ def setup_logging():
 def run_step(step):
     """Run ``step(search_run)``; known errors end the program with a message, not a traceback."""
     from oneshot_tf.data import DataError
-    from oneshot_tf.pipeline import ProxyNotTrainedError
+    from oneshot_tf.pipeline import NotScoredError, ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
     from oneshot_tf.training import TrainingDivergedError, TrainingPreempted
     setup_logging()
@@ -126,7 +126,8 @@ def run_step(step):
     except TrainingPreempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(TrainingPreempted.exit_code)
-    except (DataError, ArchitectureError, ProxyNotTrainedError, TrainingDivergedError, ValueError) as e:
+    except (DataError, ArchitectureError, ProxyNotTrainedError, NotScoredError, TrainingDivergedError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

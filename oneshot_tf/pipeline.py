@@ -50,7 +50,11 @@ DIRECTORY_FORMAT = 3
 
 
 class ProxyNotTrainedError(RuntimeError):
-    pass
+    """A step that needs the trained proxy ran before proxy training finished."""
+
+
+class NotScoredError(RuntimeError):
+    """Retraining ran on a model directory with no scored candidates."""
 
 
 def load_data(cfg: config_lib.RunConfig) -> data_lib.ImageDataset:
@@ -299,7 +303,8 @@ class SearchRun:
     def winners(self) -> List[Dict[str, Any]]:
         store = CandidateStore(self.candidates_path)
         if not store.records:
-            raise RuntimeError(f"no scored candidates in {self.candidates_path}; run experiments.score first")
+            raise NotScoredError(f"no scored candidates in {self.candidates_path}; run experiments.score "
+                                 f"(or experiments.run) on this --model_dir first")
         c = self.cfg
         ranked = rank_candidates(store.records, c.ranking, c.small_percentile)
         if not c.best_of:

@@ -18,7 +18,7 @@ from oneshot_tf import config as config_lib
 from oneshot_tf import io_utils, pipeline, registry
 from oneshot_tf import retrain as retrain_lib
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
-from oneshot_tf.pipeline import ProxyNotTrainedError, SearchRun
+from oneshot_tf.pipeline import NotScoredError, ProxyNotTrainedError, SearchRun
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, candidate_record, rank_candidates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,6 +324,9 @@ def test_score_without_trained_proxy_says_to_train_first(tmp_path, e2e):
     with pytest.raises(ProxyNotTrainedError, match=r"trained 0 of 6 steps; run experiments.train"):
         SearchRun(cfg, str(tmp_path / "fresh"), verbose=False).score()
     assert not (tmp_path / "fresh" / "candidates.jsonl").exists()
+    with pytest.raises(NotScoredError, match=r"no scored candidates in .*fresh/candidates.jsonl; run experiments.score"):
+        SearchRun(cfg, str(tmp_path / "fresh"), verbose=False).retrain()
+    assert not (tmp_path / "fresh" / "winners").exists()
 
     # Half trained: only the step-3 checkpoint.
     partial = tmp_path / "partial"
@@ -410,13 +413,13 @@ from absl import flags
 from experiments import common
 common.define_flags(["run"])
 out = []
-for argv in json.loads(sys.argv[1]):
+for step, argv in json.loads(sys.argv[1]):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["run"] + argv)
     err, code = io.StringIO(), 0
     with contextlib.redirect_stderr(err):
         try:
-            common.run_step(lambda r: r.run())
+            common.run_step(lambda r: getattr(r, step)())
         except SystemExit as e:
             code = e.code
     out.append({"code": code, "stderr": err.getvalue()})
@@ -426,16 +429,17 @@ print("RESULTS " + json.dumps(out))
 
 @pytest.mark.integration  # subprocesses of the binaries: CI's integration step
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
-    """An unavailable tfds dataset, a --model_dir that is a file, an
-    unknown method, a flag of another method: one ``error:`` line each."""
+    """An unavailable tfds dataset, a --model_dir that is a file, retraining
+    a directory nothing was scored in: one ``error:`` line each."""
     empty = tmp_path / "tfds"
     empty.mkdir()
     model_dir = tmp_path / "run"
     path = tmp_path / "a_file"
     path.write_text("not a directory")
     base = ["--preset=tiny", "--quiet"]
-    cases = [[f"--model_dir={model_dir}", "--dataset=cifar10", f"--data_dir={empty}"] + base,
-             [f"--model_dir={path}"] + base]
+    cases = [["run", [f"--model_dir={model_dir}", "--dataset=cifar10", f"--data_dir={empty}"] + base],
+             ["run", [f"--model_dir={path}"] + base],
+             ["retrain", [f"--model_dir={tmp_path / 'unscored'}"] + base]]
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", _CLI_DRIVER, json.dumps(cases)], cwd=str(REPO), env=env,
                           capture_output=True, text=True, timeout=300)
@@ -451,6 +455,8 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     assert not model_dir.exists()
     assert errors[1] == [f"error: --model_dir={path} is an existing file, not a directory"]
     assert path.read_text() == "not a directory"
+    assert errors[2] == [f"error: no scored candidates in {tmp_path / 'unscored' / 'candidates.jsonl'}; run "
+                         f"experiments.score (or experiments.run) on this --model_dir first"]
 
 
 def test_cli_reads_the_method_before_defining_its_flags(capsys):
