@@ -183,6 +183,15 @@ def test_resolve_refuses_bad_settings():
     study, cfgs = study_lib.resolve("tiny", {"num_truth": 9})
     with pytest.raises(ValueError, match="--num_truth=9 exceeds --num_candidates=8"):
         study_lib.FidelityStudy(study, cfgs, "/nonexistent/never/written", verbose=False)
+    # methods on different spaces: the two kinds, or the settings that differ
+    study, cfgs = study_lib.resolve("tiny", {"methods": "oneshot,ghn"})
+    with pytest.raises(ValueError, match=r"^methods oneshot and ghn search different spaces \(CellSearchSpace and "
+                                         r"DagSearchSpace\); a study compares methods on one space"):
+        study_lib.FidelityStudy(study, cfgs, "/nonexistent/never/written", verbose=False)
+    study, cfgs = study_lib.resolve("tiny", {"methods": "oneshot,ghn", "space": "cell"})
+    wider = dataclasses.replace(cfgs[1], settings=dataclasses.replace(cfgs[1].settings, filters=6))
+    with pytest.raises(ValueError, match=r"search different spaces \(\{'filters': 4\} and \{'filters': 6\}\)"):
+        study_lib.FidelityStudy(study, [cfgs[0], wider], "/nonexistent/never/written", verbose=False)
     # a method setting and a generic one reach the method's config; study settings the study
     study, cfgs = study_lib.resolve("tiny", {"filters": 6, "train_steps": 3, "truth_seeds": 3})
     assert cfgs[0].settings.filters == 6 and cfgs[0].train_steps == 3 and study.truth_seeds == 3

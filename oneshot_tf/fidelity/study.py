@@ -258,9 +258,14 @@ class FidelityStudy:
         self.space = self.spaces[self.methods[0]]
         for name, space in self.spaces.items():
             if type(space) is not type(self.space) or space.get_config() != self.space.get_config():
-                raise ValueError(f"methods {self.methods[0]} and {name} search different spaces "
-                                 f"({self.space.get_config()} and {space.get_config()}); a study compares "
-                                 f"methods on one space")
+                a, b = self.space.get_config(), space.get_config()
+                if type(space) is type(self.space):  # the settings that differ, not two whole configs
+                    a, b = ({k: c.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)} for c in (a, b))
+                else:
+                    a, b = type(self.space).__name__, type(space).__name__
+                raise ValueError(f"methods {self.methods[0]} and {name} search different spaces ({a} and {b}); "
+                                 f"a study compares methods on one space (a method with a --space setting can "
+                                 f"be set to search another's)")
         self.training = TruthTraining(batch_size=study.truth_batch_size, learning_rate=study.truth_learning_rate,
                                       weight_decay=study.truth_weight_decay, bn_momentum=study.truth_bn_momentum,
                                       bn_examples=study.truth_bn_examples, augment=first.augment)
