@@ -54,11 +54,16 @@ def get_distribution_strategy(name: str = "default", *, tpu_address: str = "") -
     if name == "tpu":
         # "local" is the TPU attached to this VM (an empty name would be looked
         # up through the Cloud TPU API and fail without TPU_NAME).
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu="local" if tpu_address in ("", "local") else tpu_address)
-        if tpu_address not in ("", "local"):
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        address = "local" if tpu_address in ("", "local") else tpu_address
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+            if address != "local":
+                tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:200]
+            raise ValueError(f"--strategy=tpu: no TPU could be initialized at --tpu={address!r} ({type(e).__name__}: "
+                             f"{first}); on a TPU VM leave --tpu empty, elsewhere name the TPU") from e
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 

@@ -155,6 +155,40 @@ def test_failing_method_is_reported_in_its_row(study_dir, tmp_path):
     assert "| broken | error: RuntimeError: boom: cannot build" in open(os.path.join(d, "fidelity.md")).read()
 
 
+def test_reused_proxy_scores_as_the_trained_one_and_trains_nothing(study_dir):
+    """--reuse=METHOD=DIR scores with a trained search directory's proxy:
+    here the study's own trained proxy, so the same scores, the same
+    stratified sample, every ground truth run cached, the directory untouched."""
+    import json
+    d, result = study_dir
+    (proxy_dir,) = tf.io.gfile.glob(os.path.join(d, "proxies", "oneshot-*"))
+    before = {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(proxy_dir, "**", "*"))}
+    study, cfgs = study_lib.resolve("tiny", {"reuse": f"oneshot={proxy_dir}"})
+    s = study_lib.FidelityStudy(study, cfgs, d, verbose=False)
+    again = s.run()
+    assert s.cache.misses == 0
+    assert {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(proxy_dir, "**", "*"))} == before
+
+    def scores(pattern):
+        (path,) = tf.io.gfile.glob(os.path.join(d, "scores", pattern))
+        return {r["id"]: r["score"] for r in map(json.loads, open(path))}
+
+    trained = scores("oneshot-[0-9a-f]*.jsonl")
+    assert scores("oneshot-reused-*.jsonl") == trained and len(trained) == 8
+    assert [c["id"] for c in again["truth_candidates"]] == [c["id"] for c in result["truth_candidates"]]
+    np.testing.assert_array_equal(again["truth"], result["truth"])
+
+    # a reused directory whose proxy has not finished training is reported, not trained further
+    partial = os.path.join(d, "partial")
+    tf.io.gfile.makedirs(partial)
+    tf.io.gfile.copy(os.path.join(proxy_dir, "config.json"), os.path.join(partial, "config.json"))
+    study, cfgs = study_lib.resolve("tiny", {"reuse": f"oneshot={partial}"})
+    row = study_lib.FidelityStudy(study, cfgs, d, verbose=False).score_method(cfgs[0], [])
+    assert row.error == (f"ProxyNotTrainedError: --reuse=oneshot={partial}: its proxy is not fully trained; "
+                         f"finish it with experiments.train on that --model_dir")
+    assert not tf.io.gfile.exists(os.path.join(partial, "proxy"))
+
+
 @pytest.mark.integration  # a study binary subprocess: CI's integration step
 def test_cli_prints_the_table_and_refuses_bad_flags(study_dir):
     d = study_dir[0]
@@ -169,7 +203,7 @@ def test_cli_prints_the_table_and_refuses_bad_flags(study_dir):
     assert bad.stderr.strip().splitlines()[-1] == "error: --num_truth=3 is out of range: it must be >= 4"
 
 
-def test_resolve_refuses_bad_settings():
+def test_resolve_refuses_bad_settings(tmp_path):
     with pytest.raises(ValueError, match=r"unknown settings \['nonsense'\] for a study of oneshot"):
         study_lib.resolve("tiny", {"nonsense": 1})
     with pytest.raises(ValueError, match="^--methods='nope': unknown method 'nope'; available: ghn, oneshot, smash$"):
@@ -192,6 +226,17 @@ def test_resolve_refuses_bad_settings():
     wider = dataclasses.replace(cfgs[1], settings=dataclasses.replace(cfgs[1].settings, filters=6))
     with pytest.raises(ValueError, match=r"search different spaces \(\{'filters': 4\} and \{'filters': 6\}\)"):
         study_lib.FidelityStudy(study, [cfgs[0], wider], "/nonexistent/never/written", verbose=False)
+    # --reuse of a directory that holds no search, or another method's, is refused before anything trains
+    study, cfgs = study_lib.resolve("tiny", {"reuse": f"oneshot={tmp_path / 'none'}"})
+    with pytest.raises(ValueError, match=rf"^--reuse=oneshot={tmp_path / 'none'}: no config.json there; name a "
+                                         rf"model directory that experiments.run or experiments.train wrote$"):
+        study_lib.FidelityStudy(study, cfgs, str(tmp_path / "study"), verbose=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"flags": {"method": "ghn"}}')
+    study, cfgs = study_lib.resolve("tiny", {"reuse": f"oneshot={tmp_path / 'other'}"})
+    with pytest.raises(ValueError, match=r"other: that directory holds a ghn search, not oneshot$"):
+        study_lib.FidelityStudy(study, cfgs, str(tmp_path / "study"), verbose=False)
+    assert not (tmp_path / "study").exists()
     # a method setting and a generic one reach the method's config; study settings the study
     study, cfgs = study_lib.resolve("tiny", {"filters": 6, "train_steps": 3, "truth_seeds": 3})
     assert cfgs[0].settings.filters == 6 and cfgs[0].train_steps == 3 and study.truth_seeds == 3

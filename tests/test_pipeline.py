@@ -430,7 +430,8 @@ print("RESULTS " + json.dumps(out))
 @pytest.mark.integration  # subprocesses of the binaries: CI's integration step
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     """An unavailable tfds dataset, a --model_dir that is a file, retraining
-    a directory nothing was scored in: one ``error:`` line each."""
+    a directory nothing was scored in, --strategy=tpu without a TPU: one
+    ``error:`` line each."""
     empty = tmp_path / "tfds"
     empty.mkdir()
     model_dir = tmp_path / "run"
@@ -439,7 +440,9 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     base = ["--preset=tiny", "--quiet"]
     cases = [["run", [f"--model_dir={model_dir}", "--dataset=cifar10", f"--data_dir={empty}"] + base],
              ["run", [f"--model_dir={path}"] + base],
-             ["retrain", [f"--model_dir={tmp_path / 'unscored'}"] + base]]
+             ["retrain", [f"--model_dir={tmp_path / 'unscored'}"] + base],
+             ["run", [f"--model_dir={tmp_path / 'tpu'}", "--strategy=tpu"] + base]]  # last: it touches the runtime
+    no_tpu = not tf.config.list_physical_devices("TPU")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", _CLI_DRIVER, json.dumps(cases)], cwd=str(REPO), env=env,
                           capture_output=True, text=True, timeout=300)
@@ -457,6 +460,10 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     assert path.read_text() == "not a directory"
     assert errors[2] == [f"error: no scored candidates in {tmp_path / 'unscored' / 'candidates.jsonl'}; run "
                          f"experiments.score (or experiments.run) on this --model_dir first"]
+    if no_tpu:
+        (tpu_error,) = errors[3]
+        assert tpu_error.startswith("error: --strategy=tpu: no TPU could be initialized at --tpu='local' (")
+        assert tpu_error.endswith("); on a TPU VM leave --tpu empty, elsewhere name the TPU")
 
 
 def test_cli_reads_the_method_before_defining_its_flags(capsys):

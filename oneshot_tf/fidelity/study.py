@@ -239,6 +239,14 @@ class FidelityStudy:
         if "sgd" in self.baselines and not self.sgd_steps:
             raise ValueError("--baselines includes sgd but --sgd_steps is empty")
         self.reuse = parse_reuse(study.reuse, self.methods)
+        for name, directory in self.reuse.items():  # before anything trains
+            path = io_utils.join(directory, "config.json")
+            if not tf.io.gfile.exists(path):
+                raise ValueError(f"--reuse={name}={directory}: no config.json there; name a model directory that "
+                                 f"experiments.run or experiments.train wrote")
+            stored = io_utils.read_json(path).get("flags", {}).get("method")
+            if stored != name:
+                raise ValueError(f"--reuse={name}={directory}: that directory holds a {stored} search, not {name}")
         if study.stratify_by and study.stratify_by not in self.methods + ["params"]:
             raise ValueError(f"--stratify_by={study.stratify_by!r} is neither params nor in --methods "
                              f"({', '.join(self.methods)})")
@@ -361,6 +369,9 @@ class FidelityStudy:
             raise ValueError(f"{directory} holds a search on other data or another space than this study's")
         cost_path = io_utils.join(directory, "study_cost.json")
         cost = io_utils.read_json(cost_path) if tf.io.gfile.exists(cost_path) else {"train_seconds": None}
+        if not run.proxy_trained() and cfg.method in self.reuse:  # the study never trains in a search's directory
+            raise pipeline.ProxyNotTrainedError(f"--reuse={cfg.method}={directory}: its proxy is not fully trained; "
+                                                f"finish it with experiments.train on that --model_dir")
         if not run.proxy_trained():
             logging.info("training the %s proxy in %s", cfg.method, directory)
             t0 = time.time()
