@@ -62,6 +62,10 @@ def test_outputs_and_rows(study_dir):
             else:
                 assert float(got) == pytest.approx(want), (name, key)
         assert float(rows[name]["precision_at_k"]) == pytest.approx(stats.precision_at_k(s, truth, 2))
+        if name != "params":  # the Spearman at a fixed parameter count
+            want = stats.partial_spearman(s, truth, [float(c["params"]) for c in cands])
+            got = rows[name]["given_params"]
+            assert got == "nan" if np.isnan(want) else float(got) == pytest.approx(want), name
         assert float(rows[name]["top1_accuracy"]) == pytest.approx(stats.top1_truth(s, truth))
     # the ceiling row on two seeds: seed 1 against seed 2, and Spearman-Brown of it
     ceiling = rows["ceiling (seed vs seed)"]
@@ -74,6 +78,9 @@ def test_outputs_and_rows(study_dir):
     assert np.all(params > 0)
     md = open(os.path.join(d, "fidelity.md")).read()
     assert "| oneshot | 4 |" in md and "ceiling (seed vs seed)" in md and "Spearman-Brown" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0].split(" | ")[8:10] == ["vs params", "given params"]
+    assert {line.count(" |") for line in table[2:]} == {table[0].count(" |")}  # every row has every column
     assert "KL analysis" in md
 
 

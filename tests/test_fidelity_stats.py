@@ -67,6 +67,33 @@ def test_kendall_tau_b_hand_unequal_ties():
     assert stats.kendall([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_partial_spearman_hand():
+    # ranks of x uncorrelated with z (r_xz = 0), r_yz = 0.8, r_xy = -0.4:
+    # (-0.4 - 0 * 0.8) / sqrt((1 - 0) (1 - 0.64)) = -2/3
+    z, x, y = [1, 2, 3, 4], [2, 4, 1, 3], [1, 2, 4, 3]
+    assert stats.spearman(x, z) == pytest.approx(0.0, abs=1e-12)
+    assert stats.spearman(y, z) == pytest.approx(0.8)
+    assert stats.spearman(x, y) == pytest.approx(-0.4)
+    assert stats.partial_spearman(x, y, z) == pytest.approx(-2.0 / 3.0)
+    # a score that is only z, monotonically transformed, says nothing at fixed z
+    assert math.isnan(stats.partial_spearman(np.exp(z), y, z))
+    assert math.isnan(stats.partial_spearman(x, [5, 5, 5, 5], z))
+    with pytest.raises(ValueError, match="x and z must have the same length"):
+        stats.partial_spearman(x, y, [1, 2, 3])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_partial_spearman_is_the_correlation_of_rank_residuals(seed):
+    rng = np.random.default_rng(seed)
+    z = rng.integers(0, 12, 30).astype(float)             # ties
+    x = z + rng.normal(0, 3, 30)
+    y = -z + 0.5 * x + rng.normal(0, 3, 30)
+    rx, ry, rz = (sps.rankdata(v) for v in (x, y, z))
+    design = np.c_[rz, np.ones(30)]
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    assert stats.partial_spearman(x, y, z) == pytest.approx(np.corrcoef(*res)[0, 1])
+
+
 def test_correlations_dict():
     d = stats.correlations([1, 2, 2, 3, 4], [1, 3, 2, 2, 5])
     assert set(d) == {"pearson", "spearman", "kendall"}

@@ -17,7 +17,7 @@ from oneshot_tf import plots
 COLUMNS = ("name", "kind", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi",
            "kendall", "kendall_lo", "kendall_hi", "top_half_pearson", "top_half_spearman", "top_half_kendall",
            "precision_at_k", "top_k", "top1_accuracy", "best_accuracy", "median_accuracy", "vs_params",
-           "vs_params_lo", "vs_params_hi", "spearman_brown", "mean_ceiling", "seed_std", "seeds", "train_seconds",
+           "vs_params_lo", "vs_params_hi", "given_params", "given_params_lo", "given_params_hi", "spearman_brown", "mean_ceiling", "seed_std", "seeds", "train_seconds",
            "seconds_per_candidate", "error")
 
 
@@ -70,37 +70,40 @@ def markdown(rows, summary, title: str) -> str:
              f"stand-alone for {s['truth_steps']} steps with {s['seeds']} seed(s) each; ground truth: their mean "
              f"{s['truth_metric']} accuracy (best of the sample {s['best']:.4f}, median {s['median']:.4f}). "
              f"Brackets: 95% bootstrap intervals over the M candidates. Top half: the M/2 best by ground truth "
-             f"(GHN's Top-50). vs params: Spearman minus the parameter count's, with its paired interval.", "",
+             f"(GHN's Top-50). vs params: Spearman minus the parameter count's, with its paired interval. Given "
+             f"params: the Spearman at a fixed parameter count (partial rank correlation): what a score ranks "
+             f"beyond size.", "",
              "| score | n | Pearson | Spearman | Kendall | top half P / S / K | P@k | top-1 pick | vs params "
-             "| train s | s / cand. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| given params | train s | s / cand. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r.stats
         if r.error:
-            lines.append(f"| {r.name} | error: {r.error.splitlines()[0][:200]} | | | | | | | | | |")
+            lines.append(f"| {r.name} | error: {r.error.splitlines()[0][:200]} | | | | | | | | | | |")
             continue
         if r.kind == "ceiling":
             if st.get("seeds", 1) < 2:
                 lines.append(f"| {r.name} | {st.get('n')} | unknown: one seed per candidate (--truth_seeds=2 "
-                             f"or more measures it) | | | | | | | | {_seconds(r.seconds_per_candidate)} |")
+                             f"or more measures it) | | | | | | | | | {_seconds(r.seconds_per_candidate)} |")
             else:
                 lines.append(
                     f"| {r.name} | {st['n']} | {_ci(st, 'pearson')} | {_ci(st, 'spearman')} | {_ci(st, 'kendall')} "
                     f"| {st['seeds']}-seed mean's reliability (Spearman-Brown) {_num(st.get('spearman_brown'))}, "
                     f"so a score correlates with it at most ~{_num(st.get('mean_ceiling'), 2)}; seed std "
-                    f"{_num(st.get('seed_std'), 4)} | | | | | {_seconds(r.seconds_per_candidate)} |")
+                    f"{_num(st.get('seed_std'), 4)} | | | | | | {_seconds(r.seconds_per_candidate)} |")
             continue
         if "pearson" not in st:
-            lines.append(f"| {r.name} | {st.get('n')} | {st.get('note', '')} | | | | | | | | |")
+            lines.append(f"| {r.name} | {st.get('n')} | {st.get('note', '')} | | | | | | | | | |")
             continue
         top = " / ".join(_num(st.get(f"top_half_{k}"), 2) for k in ("pearson", "spearman", "kendall"))
         vs = _ci(st, "vs_params") if "vs_params" in st else ""
+        given = _ci(st, "given_params") if "given_params" in st else ""
         # a member's costs are its method's row's; a baseline trains nothing
         train = "-" if r.kind in ("baseline", "member") else _seconds(r.train_seconds)
         per_candidate = "-" if r.kind == "member" else _seconds(r.seconds_per_candidate)
         lines.append(f"| {r.name} | {st['n']} | {_num(st['pearson'])} | {_ci(st, 'spearman')} | "
                      f"{_ci(st, 'kendall')} | {top} | {_num(st['precision_at_k'], 2)} (k={st['top_k']}) | "
-                     f"{_num(st['top1_accuracy'], 4)} | {vs} | {train} | {per_candidate} |")
+                     f"{_num(st['top1_accuracy'], 4)} | {vs} | {given} | {train} | {per_candidate} |")
     for name, kl in s.get("kl", {}).items():
         lines += ["", f"KL analysis (one-shot paper, Figure 6): over all {kl['n']} candidates, {name}'s symmetrized "
                       f"KL to its reference architectures (training images, no labels) against its validation "

@@ -116,6 +116,23 @@ def spearman(x, y) -> float:
     return pearson(rankdata(a), rankdata(b))
 
 
+def partial_spearman(x, y, z) -> float:
+    """Spearman correlation of ``x`` and ``y`` with ``z`` held fixed: the
+    first-order partial correlation of their ranks,
+    ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2) (1 - r_yz^2))`` with Spearman
+    r's (equal to the Pearson correlation of the residuals of x's and y's
+    ranks regressed on z's).  A score that only tracks ``z`` (say the
+    parameter count) gets about 0 whatever its plain correlation; nan if any
+    input is constant or z is a perfect rank predictor of x or y."""
+    a, b = _pair(x, y)
+    _, c = _pair(x, z, ("x", "z"))
+    r_ab, r_ac, r_bc = spearman(a, b), spearman(a, c), spearman(b, c)
+    den = (1.0 - r_ac * r_ac) * (1.0 - r_bc * r_bc)
+    if not (np.isfinite(r_ab) and np.isfinite(den)) or den <= 0.0:
+        return float("nan")
+    return float(min(1.0, max(-1.0, (r_ab - r_ac * r_bc) / math.sqrt(den))))
+
+
 def _tied_pairs(a: np.ndarray) -> int:
     _, counts = np.unique(a, return_counts=True)
     return int(np.sum(counts * (counts - 1) // 2))

@@ -637,6 +637,9 @@ class FidelityStudy:
                 d, lo, hi = paired_difference(r.scores, params.scores, y, bootstrap=self.study.bootstrap,
                                               seed=self.cfgs[0].seed)
                 r.stats.update(vs_params=d, vs_params_lo=lo, vs_params_hi=hi)
+                g, lo, hi = given_params(r.scores, params.scores, y, bootstrap=self.study.bootstrap,
+                                         seed=self.cfgs[0].seed)
+                r.stats.update(given_params=g, given_params_lo=lo, given_params_hi=hi)
         ceiling = Row("ceiling (seed vs seed)", "ceiling", seconds_per_candidate=self._truth_seconds)
         ceiling.stats = ceiling_stats(truth, bootstrap=self.study.bootstrap, seed=self.cfgs[0].seed)
         rows.append(ceiling)
@@ -713,6 +716,26 @@ def paired_difference(a, b, truth, *, bootstrap: int, seed: int) -> Tuple[float,
 
     lo, hi = stats.bootstrap_ci(diff, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
     return d, lo, hi
+
+
+def given_params(scores, params, truth, *, bootstrap: int, seed: int) -> Tuple[float, float, float]:
+    """The Spearman of ``scores`` with ``truth`` at a fixed parameter count
+    (``stats.partial_spearman``), on the candidates whose score is finite,
+    with its bootstrap 95% interval (NaN without resamples): does the score
+    rank architectures of one size, whatever it makes of size itself?"""
+    s, p, y = (np.asarray(v, np.float64) for v in (scores, params, truth))
+    keep = np.isfinite(s) & np.isfinite(p)
+    s, p, y = s[keep], p[keep], y[keep]
+    g = stats.partial_spearman(s, y, p)
+    if not bootstrap:
+        return g, math.nan, math.nan
+
+    def partial(i, yi):  # i: resampled candidate positions
+        i = i.astype(int)
+        return stats.partial_spearman(s[i], yi, p[i])
+
+    lo, hi = stats.bootstrap_ci(partial, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
+    return g, lo, hi
 
 
 def ceiling_stats(truth: np.ndarray, *, bootstrap: int, seed: int) -> Dict[str, Any]:
