@@ -21,6 +21,7 @@ Layout of a model directory::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Dict, List, Optional
 
@@ -114,6 +115,7 @@ class SearchRun:
     def _write_config(self):
         path = io_utils.join(self.model_dir, "config.json")
         identity = self._identity()
+        stored = None
         if tf.io.gfile.exists(path):
             stored = io_utils.read_json(path)
             if stored.get("format", 1) != DIRECTORY_FORMAT:
@@ -133,7 +135,7 @@ class SearchRun:
                                      f"--model_dir")
         if not self.chief:
             return  # only the chief writes artifacts
-        io_utils.write_json(path, {
+        config = {
             "format": DIRECTORY_FORMAT,
             "method": self.method.name,
             "flags": self.cfg.to_dict(),
@@ -143,7 +145,9 @@ class SearchRun:
             "proxy": self.proxy.get_config(),
             "data": self.dataset.summary(),
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        })
+        }
+        if stored != json.loads(json.dumps(config)):  # an unchanged directory is left as it is (read-only ones too)
+            io_utils.write_json(path, config)
 
     def _train_config(self, steps, batch, lr, seed_offset=0, **schedule) -> TrainConfig:
         """Stand-alone retraining: SGD, Nesterov, cosine (``schedule`` empty);

@@ -169,12 +169,17 @@ def test_reused_proxy_scores_as_the_trained_one_and_trains_nothing(study_dir):
     import json
     d, result = study_dir
     (proxy_dir,) = tf.io.gfile.glob(os.path.join(d, "proxies", "oneshot-*"))
-    before = {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(proxy_dir, "**", "*"))}
+
+    def files():  # every file under the reused directory, with its modification time
+        return {os.path.join(r, f): os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(proxy_dir) for f in fs}
+
+    before = files()
+    assert any(p.endswith("config.json") for p in before) and any(".index" in p for p in before)
     study, cfgs = study_lib.resolve("tiny", {"reuse": f"oneshot={proxy_dir}"})
     s = study_lib.FidelityStudy(study, cfgs, d, verbose=False)
     again = s.run()
     assert s.cache.misses == 0
-    assert {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(proxy_dir, "**", "*"))} == before
+    assert files() == before
 
     def scores(pattern):
         (path,) = tf.io.gfile.glob(os.path.join(d, "scores", pattern))

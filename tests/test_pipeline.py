@@ -374,6 +374,10 @@ def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
     # Settings that do not define the directory's contents may change.
     SearchRun(config_lib.resolve("tiny", {"num_winners": 1, "log_every": 3}), str(d), verbose=False)
     assert io_utils.read_json(str(d / "config.json"))["flags"]["num_winners"] == 1
+    # the same settings again: the file is left as it is (not rewritten)
+    os.utime(d / "config.json", (1e9, 1e9))
+    SearchRun(config_lib.resolve("tiny", {"num_winners": 1, "log_every": 3}), str(d), verbose=False)
+    assert os.path.getmtime(d / "config.json") == 1e9
 
 
 def test_directory_keeps_what_the_method_made_of_its_settings(e2e, tmp_path):
