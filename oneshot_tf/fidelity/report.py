@@ -17,8 +17,22 @@ from oneshot_tf import plots
 COLUMNS = ("name", "kind", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi",
            "kendall", "kendall_lo", "kendall_hi", "top_half_pearson", "top_half_spearman", "top_half_kendall",
            "precision_at_k", "top_k", "top1_accuracy", "best_accuracy", "median_accuracy", "vs_params",
-           "vs_params_lo", "vs_params_hi", "given_params", "given_params_lo", "given_params_hi", "spearman_brown", "mean_ceiling", "seed_std", "seeds", "train_seconds",
-           "seconds_per_candidate", "error")
+           "vs_params_lo", "vs_params_hi", "given_params", "given_params_lo", "given_params_hi", "spearman_brown",
+           "mean_ceiling", "seed_std", "seeds", "train_seconds", "seconds_per_candidate", "error")
+
+#: The Markdown table's columns.
+HEADER = ("score", "n", "Pearson", "Spearman", "Kendall", "top half P / S / K", "P@k", "top-1 pick", "vs params",
+          "given params", "train s", "s / cand.")
+
+
+def _table_row(*cells, last=None) -> str:
+    """A Markdown row of ``cells``, blank cells up to the last column, and
+    ``last`` (when given) in the last column."""
+    cells = [str(c) for c in cells]
+    cells += [""] * (len(HEADER) - len(cells) - (last is not None))
+    if last is not None:
+        cells.append(str(last))
+    return "| " + " | ".join(cells) + " |"
 
 
 def _num(v, digits: int = 3) -> str:
@@ -73,27 +87,25 @@ def markdown(rows, summary, title: str) -> str:
              f"(GHN's Top-50). vs params: Spearman minus the parameter count's, with its paired interval. Given "
              f"params: the Spearman at a fixed parameter count (partial rank correlation): what a score ranks "
              f"beyond size.", "",
-             "| score | n | Pearson | Spearman | Kendall | top half P / S / K | P@k | top-1 pick | vs params "
-             "| given params | train s | s / cand. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         st = r.stats
         if r.error:
-            lines.append(f"| {r.name} | error: {r.error.splitlines()[0][:200]} | | | | | | | | | | |")
+            lines.append(_table_row(r.name, f"error: {r.error.splitlines()[0][:200]}"))
             continue
         if r.kind == "ceiling":
             if st.get("seeds", 1) < 2:
-                lines.append(f"| {r.name} | {st.get('n')} | unknown: one seed per candidate (--truth_seeds=2 "
-                             f"or more measures it) | | | | | | | | | {_seconds(r.seconds_per_candidate)} |")
+                lines.append(_table_row(r.name, st.get("n"), "unknown: one seed per candidate (--truth_seeds=2 "
+                                        "or more measures it)", last=_seconds(r.seconds_per_candidate)))
             else:
-                lines.append(
-                    f"| {r.name} | {st['n']} | {_ci(st, 'pearson')} | {_ci(st, 'spearman')} | {_ci(st, 'kendall')} "
-                    f"| {st['seeds']}-seed mean's reliability (Spearman-Brown) {_num(st.get('spearman_brown'))}, "
+                lines.append(_table_row(
+                    r.name, st["n"], _ci(st, "pearson"), _ci(st, "spearman"), _ci(st, "kendall"),
+                    f"{st['seeds']}-seed mean's reliability (Spearman-Brown) {_num(st.get('spearman_brown'))}, "
                     f"so a score correlates with it at most ~{_num(st.get('mean_ceiling'), 2)}; seed std "
-                    f"{_num(st.get('seed_std'), 4)} | | | | | | {_seconds(r.seconds_per_candidate)} |")
+                    f"{_num(st.get('seed_std'), 4)}", last=_seconds(r.seconds_per_candidate)))
             continue
         if "pearson" not in st:
-            lines.append(f"| {r.name} | {st.get('n')} | {st.get('note', '')} | | | | | | | | | |")
+            lines.append(_table_row(r.name, st.get("n"), st.get("note", "")))
             continue
         top = " / ".join(_num(st.get(f"top_half_{k}"), 2) for k in ("pearson", "spearman", "kendall"))
         vs = _ci(st, "vs_params") if "vs_params" in st else ""
@@ -101,9 +113,9 @@ def markdown(rows, summary, title: str) -> str:
         # a member's costs are its method's row's; a baseline trains nothing
         train = "-" if r.kind in ("baseline", "member") else _seconds(r.train_seconds)
         per_candidate = "-" if r.kind == "member" else _seconds(r.seconds_per_candidate)
-        lines.append(f"| {r.name} | {st['n']} | {_num(st['pearson'])} | {_ci(st, 'spearman')} | "
-                     f"{_ci(st, 'kendall')} | {top} | {_num(st['precision_at_k'], 2)} (k={st['top_k']}) | "
-                     f"{_num(st['top1_accuracy'], 4)} | {vs} | {given} | {train} | {per_candidate} |")
+        lines.append(_table_row(r.name, st["n"], _num(st["pearson"]), _ci(st, "spearman"), _ci(st, "kendall"), top,
+                                f"{_num(st['precision_at_k'], 2)} (k={st['top_k']})", _num(st["top1_accuracy"], 4),
+                                vs, given, train, per_candidate))
     for name, kl in s.get("kl", {}).items():
         lines += ["", f"KL analysis (one-shot paper, Figure 6): over all {kl['n']} candidates, {name}'s symmetrized "
                       f"KL to its reference architectures (training images, no labels) against its validation "

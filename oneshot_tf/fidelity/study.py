@@ -239,14 +239,17 @@ class FidelityStudy:
         if "sgd" in self.baselines and not self.sgd_steps:
             raise ValueError("--baselines includes sgd but --sgd_steps is empty")
         self.reuse = parse_reuse(study.reuse, self.methods)
-        for name, directory in self.reuse.items():  # before anything trains
+        self._reused_flags = {}  # method -> the reused directory's resolved flags, read before anything trains
+        for name, directory in self.reuse.items():
             path = io_utils.join(directory, "config.json")
             if not tf.io.gfile.exists(path):
                 raise ValueError(f"--reuse={name}={directory}: no config.json there; name a model directory that "
                                  f"experiments.run or experiments.train wrote")
-            stored = io_utils.read_json(path).get("flags", {}).get("method")
-            if stored != name:
-                raise ValueError(f"--reuse={name}={directory}: that directory holds a {stored} search, not {name}")
+            flags = io_utils.read_json(path).get("flags", {})
+            if flags.get("method") != name:
+                raise ValueError(f"--reuse={name}={directory}: that directory holds a {flags.get('method')} search, "
+                                 f"not {name}")
+            self._reused_flags[name] = flags
         if study.stratify_by and study.stratify_by not in self.methods + ["params"]:
             raise ValueError(f"--stratify_by={study.stratify_by!r} is neither params nor in --methods "
                              f"({', '.join(self.methods)})")
@@ -362,17 +365,16 @@ class FidelityStudy:
         from oneshot_tf.scoring import CandidateStore, member_score_key
         directory = self._proxy_dir(cfg)
         if cfg.method in self.reuse:
-            stored = io_utils.read_json(io_utils.join(directory, "config.json"))
-            cfg = config_lib.RunConfig.from_dict(stored["flags"])
+            cfg = config_lib.RunConfig.from_dict(self._reused_flags[cfg.method])
         run = pipeline.SearchRun(cfg, directory, strategy=self.strategy, verbose=self.verbose)
         if run.dataset.summary() != self.dataset.summary() or run.space.get_config() != self.space.get_config():
             raise ValueError(f"{directory} holds a search on other data or another space than this study's")
         cost_path = io_utils.join(directory, "study_cost.json")
         cost = io_utils.read_json(cost_path) if tf.io.gfile.exists(cost_path) else {"train_seconds": None}
-        if not run.proxy_trained() and cfg.method in self.reuse:  # the study never trains in a search's directory
-            raise pipeline.ProxyNotTrainedError(f"--reuse={cfg.method}={directory}: its proxy is not fully trained; "
-                                                f"finish it with experiments.train on that --model_dir")
         if not run.proxy_trained():
+            if cfg.method in self.reuse:  # the study never trains in a search's directory
+                raise pipeline.ProxyNotTrainedError(f"--reuse={cfg.method}={directory}: its proxy is not fully "
+                                                    f"trained; finish it with experiments.train on that --model_dir")
             logging.info("training the %s proxy in %s", cfg.method, directory)
             t0 = time.time()
             run.train_proxy()
@@ -703,19 +705,8 @@ def paired_difference(a, b, truth, *, bootstrap: int, seed: int) -> Tuple[float,
     scores are finite, with its paired bootstrap 95% interval (the same
     resampled candidates for both; NaN without resamples): does score ``a``
     rank better than ``b``, beyond the noise of the sample?"""
-    a, b, y = (np.asarray(v, np.float64) for v in (a, b, truth))
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b, y = a[keep], b[keep], y[keep]
-    d = stats.spearman(a, y) - stats.spearman(b, y)
-    if not bootstrap:
-        return d, math.nan, math.nan
-
-    def diff(i, yi):  # i: resampled candidate positions (the same for both scores)
-        i = i.astype(int)
-        return stats.spearman(a[i], yi) - stats.spearman(b[i], yi)
-
-    lo, hi = stats.bootstrap_ci(diff, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
-    return d, lo, hi
+    return _paired_statistic(lambda a, b, y: stats.spearman(a, y) - stats.spearman(b, y), a, b, truth,
+                             bootstrap=bootstrap, seed=seed)
 
 
 def given_params(scores, params, truth, *, bootstrap: int, seed: int) -> Tuple[float, float, float]:
@@ -723,19 +714,27 @@ def given_params(scores, params, truth, *, bootstrap: int, seed: int) -> Tuple[f
     (``stats.partial_spearman``), on the candidates whose score is finite,
     with its bootstrap 95% interval (NaN without resamples): does the score
     rank architectures of one size, whatever it makes of size itself?"""
-    s, p, y = (np.asarray(v, np.float64) for v in (scores, params, truth))
-    keep = np.isfinite(s) & np.isfinite(p)
-    s, p, y = s[keep], p[keep], y[keep]
-    g = stats.partial_spearman(s, y, p)
+    return _paired_statistic(lambda s, p, y: stats.partial_spearman(s, y, p), scores, params, truth,
+                             bootstrap=bootstrap, seed=seed)
+
+
+def _paired_statistic(fn, a, b, truth, *, bootstrap: int, seed: int) -> Tuple[float, float, float]:
+    """``fn(a, b, truth)`` on the candidates where both ``a`` and ``b`` are
+    finite, with its bootstrap 95% interval over candidates (each resample
+    takes the same candidates for all three; NaN without resamples)."""
+    a, b, y = (np.asarray(v, np.float64) for v in (a, b, truth))
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b, y = a[keep], b[keep], y[keep]
+    value = fn(a, b, y)
     if not bootstrap:
-        return g, math.nan, math.nan
+        return value, math.nan, math.nan
 
-    def partial(i, yi):  # i: resampled candidate positions
+    def resampled(i, yi):  # i: resampled candidate positions
         i = i.astype(int)
-        return stats.partial_spearman(s[i], yi, p[i])
+        return fn(a[i], b[i], yi)
 
-    lo, hi = stats.bootstrap_ci(partial, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
-    return g, lo, hi
+    lo, hi = stats.bootstrap_ci(resampled, np.arange(len(y), dtype=np.float64), y, num_samples=bootstrap, seed=seed)
+    return value, lo, hi
 
 
 def ceiling_stats(truth: np.ndarray, *, bootstrap: int, seed: int) -> Dict[str, Any]:
