@@ -96,12 +96,12 @@ def config_from_flags() -> config_lib.RunConfig:
     return config_lib.resolve(FLAGS.preset, overrides, method=method.name)
 
 
-def make_run():
+def make_run(existing: bool = False):
     from oneshot_tf import pipeline
     cfg = config_from_flags()
     set_intra_op_threads(cfg.intra_op_threads)  # before TensorFlow's runtime starts
     strategy = get_distribution_strategy(cfg.strategy, tpu_address=FLAGS.tpu)
-    return pipeline.SearchRun(cfg, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet)
+    return pipeline.SearchRun(cfg, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet, existing=existing)
 
 
 def setup_logging():
@@ -114,15 +114,17 @@ def setup_logging():
         or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
 
 
-def run_step(step):
-    """Run ``step(search_run)``; known errors end the program with a message, not a traceback."""
+def run_step(step, existing: bool = False):
+    """Run ``step(search_run)``; known errors end the program with a message,
+    not a traceback.  ``existing``: the step continues a run, so the model
+    directory must hold one (``SearchRun(existing=True)``)."""
     from oneshot_tf.data import DataError
     from oneshot_tf.pipeline import NotScoredError, ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
     from oneshot_tf.training import TrainingDivergedError, TrainingPreempted
     setup_logging()
     try:
-        step(make_run())
+        step(make_run(existing))
     except TrainingPreempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(TrainingPreempted.exit_code)
@@ -132,14 +134,14 @@ def run_step(step):
         sys.exit(1)
 
 
-def make_main(step):
-    """The ``main`` of a binary that runs ``step(search_run)``."""
+def make_main(step, existing: bool = False):
+    """The ``main`` of a binary that runs ``step(search_run)`` (``existing``: see ``run_step``)."""
     from absl import app
 
     def _main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        run_step(step)
+        run_step(step, existing)
 
     def main():
         define_flags()

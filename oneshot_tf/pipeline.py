@@ -69,7 +69,10 @@ class SearchRun:
     """One model directory: its config, data, search space and proxy."""
 
     def __init__(self, cfg: config_lib.RunConfig, model_dir: str, *,
-                 strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True):
+                 strategy: Optional[tf.distribute.Strategy] = None, verbose: bool = True, existing: bool = False):
+        """``existing``: the directory must already hold a run (a step that
+        continues one, e.g. scoring or retraining): refused before anything
+        is written, so a mistyped ``--model_dir`` is not left behind."""
         from oneshot_tf import tuner as tuner_lib
         method = registry.get(cfg.method)
         if cfg.settings is None or type(cfg.settings) is not method.settings:
@@ -78,6 +81,9 @@ class SearchRun:
         tuner_lib.check_search(cfg.search)
         if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
             raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
+        if existing and not tf.io.gfile.exists(io_utils.join(model_dir, "config.json")):
+            raise ValueError(f"--model_dir={model_dir} holds no run (no config.json there); run experiments.train "
+                             f"(or experiments.run) on it first")
         distribute.set_intra_op_threads(cfg.intra_op_threads)  # (a no-op once TensorFlow runs)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync

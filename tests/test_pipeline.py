@@ -321,6 +321,12 @@ def test_candidate_store_drops_torn_last_line_and_duplicates(tmp_path):
 
 def test_score_without_trained_proxy_says_to_train_first(tmp_path, e2e):
     cfg = config_lib.resolve("tiny", {})
+    # a step that continues a run (the score and retrain binaries) on a
+    # directory holding none: refused, and nothing is written
+    with pytest.raises(ValueError, match=r"--model_dir=.*nowhere holds no run \(no config.json there\); run "
+                                         r"experiments.train \(or experiments.run\) on it first"):
+        SearchRun(cfg, str(tmp_path / "nowhere"), verbose=False, existing=True)
+    assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ProxyNotTrainedError, match=r"trained 0 of 6 steps; run experiments.train"):
         SearchRun(cfg, str(tmp_path / "fresh"), verbose=False).score()
     assert not (tmp_path / "fresh" / "candidates.jsonl").exists()
@@ -422,8 +428,9 @@ for step, argv in json.loads(sys.argv[1]):
     flags.FLAGS(["run"] + argv)
     err, code = io.StringIO(), 0
     with contextlib.redirect_stderr(err):
-        try:
-            common.run_step(lambda r: getattr(r, step)())
+        try:  # as the binaries do; "open" only opens the directory (writes its config.json)
+            common.run_step(lambda r: None if step == "open" else getattr(r, step)(),
+                            existing=step in ("score", "retrain"))
         except SystemExit as e:
             code = e.code
     out.append({"code": code, "stderr": err.getvalue()})
@@ -434,8 +441,9 @@ print("RESULTS " + json.dumps(out))
 @pytest.mark.integration  # subprocesses of the binaries: CI's integration step
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     """An unavailable tfds dataset, a --model_dir that is a file, retraining
-    a directory nothing was scored in, --strategy=tpu without a TPU: one
-    ``error:`` line each."""
+    a directory nothing was scored in, scoring or retraining a directory that
+    holds no run (not created), --strategy=tpu without a TPU: one ``error:``
+    line each."""
     empty = tmp_path / "tfds"
     empty.mkdir()
     model_dir = tmp_path / "run"
@@ -444,7 +452,10 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     base = ["--preset=tiny", "--quiet"]
     cases = [["run", [f"--model_dir={model_dir}", "--dataset=cifar10", f"--data_dir={empty}"] + base],
              ["run", [f"--model_dir={path}"] + base],
+             ["open", [f"--model_dir={tmp_path / 'unscored'}"] + base],
              ["retrain", [f"--model_dir={tmp_path / 'unscored'}"] + base],
+             ["score", [f"--model_dir={tmp_path / 'nowhere'}"] + base],
+             ["retrain", [f"--model_dir={tmp_path / 'nowhere'}"] + base],
              ["run", [f"--model_dir={tmp_path / 'tpu'}", "--strategy=tpu"] + base]]  # last: it touches the runtime
     no_tpu = not tf.config.list_physical_devices("TPU")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
@@ -453,6 +464,8 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
     results = json.loads(line[len("RESULTS "):])
+    assert results[2] == {"code": 0, "stderr": ""}  # "open"
+    del results[2]
     for r in results:
         assert r["code"] == 1 and "Traceback" not in r["stderr"], r
     errors = [[l for l in r["stderr"].splitlines() if l.startswith("error: ")] for r in results]
@@ -464,8 +477,12 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     assert path.read_text() == "not a directory"
     assert errors[2] == [f"error: no scored candidates in {tmp_path / 'unscored' / 'candidates.jsonl'}; run "
                          f"experiments.score (or experiments.run) on this --model_dir first"]
+    nowhere = tmp_path / "nowhere"
+    assert errors[3] == errors[4] == [f"error: --model_dir={nowhere} holds no run (no config.json there); run "
+                                      f"experiments.train (or experiments.run) on it first"]
+    assert not nowhere.exists()
     if no_tpu:
-        (tpu_error,) = errors[3]
+        (tpu_error,) = errors[5]
         assert tpu_error.startswith("error: --strategy=tpu: no TPU could be initialized at --tpu='local' (")
         assert tpu_error.endswith("); on a TPU VM leave --tpu empty, elsewhere name the TPU")
 
