@@ -82,6 +82,13 @@ def test_outputs_and_rows(study_dir):
     assert table[0].split(" | ")[8:10] == ["vs params", "given params"]
     assert {line.count(" |") for line in table[2:]} == {table[0].count(" |")}  # every row has every column
     assert "KL analysis" in md
+    # proxy against proxy, paired on the same candidates (here one-shot's accuracy and its KL)
+    (pair,) = result["summary"]["pairs"]
+    want = stats.spearman(np.array([float(c["oneshot"]) for c in cands]), truth) \
+        - stats.spearman(np.array([float(c["oneshot_kl"]) for c in cands]), truth)
+    assert (pair["a"], pair["b"]) == ("oneshot", "oneshot_kl")
+    assert pair["difference"] == pytest.approx(want) and -2 <= pair["lo"] <= pair["hi"] <= 2
+    assert f"- oneshot - oneshot_kl: {pair['difference']:.3f} [{pair['lo']:.2f}, {pair['hi']:.2f}]" in md
 
 
 def test_ground_truth_is_the_stratified_sample(study_dir):

@@ -128,6 +128,12 @@ def markdown(rows, summary, title: str) -> str:
                       f"(--proxy_ensemble); each alone ranks at Spearman "
                       f"{', '.join(_num(v, 3) for v in rhos)} (mean {_num(float(np.mean(rhos)), 3)}, range "
                       f"{_num(float(np.ptp(rhos)), 3)}): rows {name}_member_<i>, costs in {name}'s row."]
+    pairs = s.get("pairs", [])
+    if pairs:
+        lines += ["", "Between proxies (paired over the same M candidates): Spearman of the first minus the "
+                      "second's, 95% bootstrap interval; an interval that holds 0 does not tell the two apart.", ""]
+        lines += [f"- {p['a']} - {p['b']}: {_ci({'d': p['difference'], 'd_lo': p['lo'], 'd_hi': p['hi']}, 'd')}"
+                  for p in pairs]
     legend = s.get("settings", {})
     if legend:
         lines += ["", "Settings: rows METHOD-<hash> are scores that earlier runs of this study directory left "

@@ -642,6 +642,7 @@ class FidelityStudy:
                 g, lo, hi = given_params(r.scores, params.scores, y, bootstrap=self.study.bootstrap,
                                          seed=self.cfgs[0].seed)
                 r.stats.update(given_params=g, given_params_lo=lo, given_params_hi=hi)
+        pairs = method_pairs(rows, y, bootstrap=self.study.bootstrap, seed=self.cfgs[0].seed)
         ceiling = Row("ceiling (seed vs seed)", "ceiling", seconds_per_candidate=self._truth_seconds)
         ceiling.stats = ceiling_stats(truth, bootstrap=self.study.bootstrap, seed=self.cfgs[0].seed)
         rows.append(ceiling)
@@ -652,7 +653,7 @@ class FidelityStudy:
             "candidates": len(candidates), "truth_candidates": m, "seeds": self.study.truth_seeds,
             "truth_steps": self.truth_steps, "truth_metric": self.study.truth_metric, "stratified_by": by,
             "best": float(y.max()), "median": float(np.median(y)), "kl": kl, "members": members,
-            "settings": settings,
+            "settings": settings, "pairs": pairs,
             "seconds": round(time.time() - t_start, 1),
         }
         from oneshot_tf.fidelity import report
@@ -707,6 +708,22 @@ def paired_difference(a, b, truth, *, bootstrap: int, seed: int) -> Tuple[float,
     rank better than ``b``, beyond the noise of the sample?"""
     return _paired_statistic(lambda a, b, y: stats.spearman(a, y) - stats.spearman(b, y), a, b, truth,
                              bootstrap=bootstrap, seed=seed)
+
+
+def method_pairs(rows: Sequence[Row], truth, *, bootstrap: int, seed: int) -> List[Dict[str, Any]]:
+    """Every pair of proxy rows (this run's methods and their KL rows, and
+    earlier settings' rows; not ensemble members or baselines), in table
+    order: ``{"a", "b", "difference", "lo", "hi"}``, the Spearman of ``a``
+    minus that of ``b`` with its paired bootstrap 95% interval, so "method A
+    ranks better than method B" is measured on the same candidates, not read
+    off two overlapping intervals."""
+    proxies = [r for r in rows if r.kind in ("method", "earlier") and not r.error and r.stats.get("n", 0) >= 4]
+    out = []
+    for i, a in enumerate(proxies):
+        for b in proxies[i + 1:]:
+            d, lo, hi = paired_difference(a.scores, b.scores, truth, bootstrap=bootstrap, seed=seed)
+            out.append({"a": a.name, "b": b.name, "difference": d, "lo": lo, "hi": hi})
+    return out
 
 
 def given_params(scores, params, truth, *, bootstrap: int, seed: int) -> Tuple[float, float, float]:
