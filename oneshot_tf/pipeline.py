@@ -58,6 +58,11 @@ class NotScoredError(RuntimeError):
     """Retraining ran on a model directory with no scored candidates."""
 
 
+def config_path(model_dir: str) -> str:
+    """A model directory's ``config.json``: its settings, and the sign that it holds a run."""
+    return io_utils.join(model_dir, "config.json")
+
+
 def load_data(cfg: config_lib.RunConfig) -> data_lib.ImageDataset:
     return data_lib.load_dataset(
         cfg.dataset, data_dir=cfg.data_dir or None, image_size=cfg.image_size or None,
@@ -81,7 +86,7 @@ class SearchRun:
         tuner_lib.check_search(cfg.search)
         if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
             raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
-        if existing and not tf.io.gfile.exists(io_utils.join(model_dir, "config.json")):
+        if existing and not tf.io.gfile.exists(config_path(model_dir)):
             raise ValueError(f"--model_dir={model_dir} holds no run (no config.json there); run experiments.train "
                              f"(or experiments.run) on it first")
         distribute.set_intra_op_threads(cfg.intra_op_threads)  # (a no-op once TensorFlow runs)
@@ -119,7 +124,7 @@ class SearchRun:
                 "proxy": self.proxy.get_config()}
 
     def _write_config(self):
-        path = io_utils.join(self.model_dir, "config.json")
+        path = config_path(self.model_dir)
         identity = self._identity()
         stored = None
         if tf.io.gfile.exists(path):

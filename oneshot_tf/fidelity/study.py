@@ -241,7 +241,7 @@ class FidelityStudy:
         self.reuse = parse_reuse(study.reuse, self.methods)
         self._reused_flags = {}  # method -> the reused directory's resolved flags, read before anything trains
         for name, directory in self.reuse.items():
-            path = io_utils.join(directory, "config.json")
+            path = pipeline.config_path(directory)
             if not tf.io.gfile.exists(path):
                 raise ValueError(f"--reuse={name}={directory}: no config.json there; name a model directory that "
                                  f"experiments.run or experiments.train wrote")
@@ -415,13 +415,14 @@ class FidelityStudy:
         one of this run's candidates on this run's data and space; files that
         do not qualify are logged and left out."""
         import tensorflow as tf
+        from oneshot_tf import pipeline
         from oneshot_tf.scoring import CandidateStore
         rows = []
         for path in sorted(tf.io.gfile.glob(self.path("scores", "*.jsonl"))):
             tag = path.rsplit("/", 1)[-1][: -len(".jsonl")]
             if tag in current:
                 continue
-            config_path = self.path("proxies", tag, "config.json")
+            config_path = pipeline.config_path(self.path("proxies", tag))
             if not tf.io.gfile.exists(config_path):
                 logging.info("earlier scores %s: no proxies/%s/config.json (a reused proxy): left out", tag, tag)
                 continue
