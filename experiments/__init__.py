@@ -4,3 +4,5 @@ import os
 
 # Keep TensorFlow's C++ start-up chatter out of the binaries' output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import oneshot_tf  # noqa: E402,F401  (before TensorFlow: oneshot_tf.enable_onednn)

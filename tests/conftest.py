@@ -1,10 +1,13 @@
 """Two logical CPU devices for the whole test session, so MirroredStrategy
 can run two replicas on this CPU-only machine (this must happen before
 TensorFlow initializes its devices; the default strategy keeps using CPU:0).
-One intra-op thread per test process: the suite runs a process per core."""
+One intra-op thread per test process: the suite runs a process per core.
+The package is imported first, so TensorFlow loads with its CPU defaults
+(oneDNN kernels on x86-64), as it does for users of the package."""
 
 import functools
 
+import oneshot_tf  # noqa: F401  (before TensorFlow: oneshot_tf.enable_onednn)
 import tensorflow as tf
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
