@@ -191,7 +191,7 @@ def test_structure_shapes_and_combos():
 def test_grouped_conv_equals_keras_grouped_conv(groups, dilation):
     """The split grouped convolution of the resulting network is Keras'
     grouped Conv2D with the same kernel: values and gradients."""
-    x = tf.random.normal([2, 6, 6, 8], seed=1)
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 6, 6, 8)).astype(np.float32))
     ref = keras.layers.Conv2D(12, (3, 5), padding="same", groups=groups, dilation_rate=dilation, use_bias=False)
     ours = GroupedConv2D(12, (3, 5), padding="same", groups=groups, dilation_rate=dilation, use_bias=False)
     ref.build(x.shape)
@@ -205,6 +205,6 @@ def test_grouped_conv_equals_keras_grouped_conv(groups, dilation):
             y = layer(x)
             loss = tf.reduce_sum(y * tf.range(12, dtype=tf.float32))
         outs.append((y, *tape.gradient(loss, [x, layer.kernel])))
-    for a, b in zip(*outs):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(*outs):  # float32 sums of up to 120 products: round-off of ~1e-5 of their scale
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5 * float(np.abs(a.numpy()).max()))
     assert GroupedConv2D.from_config(ours.get_config()).groups == groups

@@ -113,9 +113,7 @@ def build_standalone_model(space: DagSearchSpace, arch: DagArchitecture, *, inpu
     operators and the input nodes its nodes read."""
     input_shape = tuple(int(d) for d in input_shape)
 
-    def make_bn(n):
-        return keras.layers.BatchNormalization(momentum=options.bn_momentum, epsilon=options.bn_epsilon, name=n)
-
+    make_bn = options.batch_norm
     images = keras.Input(input_shape, dtype="uint8", name="images")
     x = Standardize(*_images_stats(input_shape, options), name="standardize")(images)
     outs = {-1: keras.layers.Conv2D(space.filters, 3, padding="same", use_bias=False,

@@ -71,9 +71,7 @@ def build_standalone_model(space: MemoryBankSpace, arch: BankArchitecture, *, in
     mean = [0.0] * c if options.mean is None else list(options.mean)
     std = [255.0] * c if options.std is None else list(options.std)
 
-    def make_bn(n):
-        return keras.layers.BatchNormalization(momentum=options.bn_momentum, epsilon=options.bn_epsilon, name=n)
-
+    make_bn = options.batch_norm
     images = keras.Input(input_shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(images)
     x = keras.layers.Conv2D(space.filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",

@@ -74,10 +74,7 @@ def build_standalone_model(space: CellSearchSpace, arch: CellArchitecture, *, in
     mean = [0.0] * channels if options.mean is None else options.mean
     std = [255.0] * channels if options.std is None else options.std
 
-    def make_bn(n):
-        return keras.layers.BatchNormalization(momentum=options.bn_momentum, epsilon=options.bn_epsilon,
-                                               name=n)
-
+    make_bn = options.batch_norm
     images = keras.Input(input_shape, dtype="uint8", name="images")
     x = Standardize(mean, std, name="standardize")(images)
     logits = walk_plan(space, input_shape, _StandaloneGraph(num_classes, make_bn), arch, x=x)
