@@ -12,6 +12,11 @@
     candidate's own stand-alone model over the same examples (averaged over
     ``--baseline_candidates`` candidates; scored one per pass, and all in one).
 
+The stand-alone baselines of (a) and (c) are the models the library builds
+(batch norm with TensorFlow's fused kernel, ``layers.FusedBatchNormalization``);
+the ``*_keras_bn`` rows measure the same models with Keras' own
+BatchNormalization, the baseline of the runs before it, side by side.
+
 Ratios are what to read: both sides run in the same process on the same
 machine, interleaved, best of several repeats.
 
@@ -78,6 +83,7 @@ def main(argv=None):
     from oneshot_tf.proxy import Proxy
     from oneshot_tf.retrain import StandaloneTask
     from oneshot_tf.scoring import CandidateScorer, ScoreConfig
+    from oneshot_tf.search_space import StandaloneOptions
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -128,20 +134,27 @@ def main(argv=None):
     proxy = OneShotProxy(space, input_shape=shape, num_classes=classes, ghost_batch_size=args.ghost_batch_size)
     points = (0.0, 0.5, 1.0)
     oneshot_steps = {p: train_fn(proxy, p) for p in points}
-    allon = StandaloneTask(lambda: space.build_model(space.all_on(), input_shape=shape, num_classes=classes,
-                                                     validate=False))
-    allon_step = train_fn(allon)
-    a_one, a_all = {p: [] for p in points}, []
+    # The stand-alone baselines as the library builds them (batch norm with
+    # the fused kernel), and, for comparison with earlier runs, with Keras'
+    # own BatchNormalization (``_keras_bn``).
+    bn_options = {"": StandaloneOptions(), "_keras_bn": StandaloneOptions(fused_bn=False)}
+    allon_steps = {k: train_fn(StandaloneTask(lambda o=o: space.build_model(
+        space.all_on(), input_shape=shape, num_classes=classes, validate=False, options=o)))
+        for k, o in bn_options.items()}
+    a_one, a_all = {p: [] for p in points}, {k: [] for k in bn_options}
     for _ in range(args.repeats):
         for p in points:
             a_one[p].append(rate(oneshot_steps[p], args.train_steps) * args.batch_size)
-        a_all.append(rate(allon_step, args.train_steps) * args.batch_size)
+        for k, step in allon_steps.items():
+            a_all[k].append(rate(step, args.train_steps) * args.batch_size)
     for p in points:
         results[f"a_oneshot_examples_per_s_at_progress_{p}"] = max(a_one[p])
-    results["a_allon_examples_per_s"] = max(a_all)
-    results["a_ratio_all_paths_on"] = max(a_one[0.0]) / max(a_all)
     schedule = len(points) / sum(1.0 / max(a_one[p]) for p in points)
-    results["a_ratio_schedule_average"] = schedule / max(a_all)
+    for k in bn_options:
+        results[f"a_allon{k}_examples_per_s"] = max(a_all[k])
+    for k in bn_options:
+        results[f"a_ratio_all_paths_on{k}"] = max(a_one[0.0]) / max(a_all[k])
+        results[f"a_ratio_schedule_average{k}"] = schedule / max(a_all[k])
 
     # (b) candidates per second ---------------------------------------------
     xv = rng.integers(0, 256, (args.eval_examples,) + shape).astype(np.uint8)
@@ -202,19 +215,20 @@ def main(argv=None):
     n = args.baseline_candidates
     chunks = [tf.constant(xv[i:i + args.ghost_batch_size])
               for i in range(0, args.eval_examples - args.ghost_batch_size + 1, args.ghost_batch_size)]
-    forwards = []
-    for a in archs[:n]:
-        m = space.build_model(a, input_shape=shape, num_classes=classes)
-        transfer_oneshot_weights(proxy.model, m, a)
-        fwd = tf.function(lambda im, m=m: m(im, training=True))
-        fwd(chunks[0])
-        forwards.append(fwd)
+    forwards = {k: [] for k in bn_options}
+    for k, o in bn_options.items():
+        for a in archs[:n]:
+            m = space.build_model(a, input_shape=shape, num_classes=classes, options=o)
+            transfer_oneshot_weights(proxy.model, m, a)
+            fwd = tf.function(lambda im, m=m: m(im, training=True))
+            fwd(chunks[0])
+            forwards[k].append(fwd)
     scorers = {k: CandidateScorer(proxy, ScoreConfig(candidates_per_pass=k, group_size=args.ghost_batch_size,
                                                      kl_examples=0, verbose=False)).prepare(xv, yv)
                for k in (1, n)}
     for sc in scorers.values():
         sc.score_encodings(encs[:sc.cfg.candidates_per_pass])
-    c_one, c_all, c_fwd = [], [], []
+    c_one, c_all, c_fwd = [], [], {k: [] for k in bn_options}
     for _ in range(args.repeats):
         t = time.perf_counter()
         for e in encs[:n]:
@@ -223,16 +237,19 @@ def main(argv=None):
         t = time.perf_counter()
         scorers[n].score_encodings(encs[:n])
         c_all.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for fwd in forwards:
-            for c in chunks:
-                fwd(c).numpy()
-        c_fwd.append(time.perf_counter() - t)
+        for k, fwds in forwards.items():
+            t = time.perf_counter()
+            for fwd in fwds:
+                for c in chunks:
+                    fwd(c).numpy()
+            c_fwd[k].append(time.perf_counter() - t)
     results["c_seconds_per_candidate_1_per_pass"] = min(c_one) / n
     results[f"c_seconds_per_candidate_{n}_per_pass"] = min(c_all) / n
-    results["c_seconds_per_candidate_standalone_forward"] = min(c_fwd) / n
-    results["c_ratio_1_per_pass"] = min(c_one) / min(c_fwd)
-    results[f"c_ratio_{n}_per_pass"] = min(c_all) / min(c_fwd)
+    for k in bn_options:
+        results[f"c_seconds_per_candidate_standalone_forward{k}"] = min(c_fwd[k]) / n
+    for k in bn_options:
+        results[f"c_ratio_1_per_pass{k}"] = min(c_one) / min(c_fwd[k])
+        results[f"c_ratio_{n}_per_pass{k}"] = min(c_all) / min(c_fwd[k])
 
     # (d) XLA on this device ----------------------------------------------------
     # The one-shot training step (mid-schedule) and the scorer, each with the
