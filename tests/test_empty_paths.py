@@ -133,15 +133,24 @@ class _Rig:
         def step(images, labels):
             return strategy.run(replica_step, args=(images, labels))
 
+        # The same global batch every step, split as a distributed dataset
+        # splits it (replica r: rows [r * per, (r + 1) * per)); fixed per-replica
+        # values instead of a tf.data iterator, whose deletion, wherever a later
+        # garbage collection fell, stalled that test for up to a minute.
         images, labels = _data(self.batch)
-        ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        self._it = iter(strategy.experimental_distribute_dataset(ds))
+        per = self.batch // strategy.num_replicas_in_sync
+
+        def local(ctx):
+            r = ctx.replica_id_in_sync_group
+            return images[r * per:(r + 1) * per], labels[r * per:(r + 1) * per]
+
+        self._inputs = strategy.experimental_distribute_values_from_function(local)
         # trace once, with the sampler (and the empty-batch check) patched
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(oneshot_lib, "sample_path_masks", masks)
             if check_batches:
                 mp.setattr(oneshot_model, "run_layers", checked_run)
-            step(*next(self._it))  # (reset() undoes this step)
+            step(*self._inputs)  # (reset() undoes this step)
         self._step = step
 
     def reset(self):
@@ -150,7 +159,7 @@ class _Rig:
 
     def step(self, masks):
         self.masks.set(masks)
-        return self._step(*next(self._it))
+        return self._step(*self._inputs)
 
     def two_steps(self, masks, path):
         """Step 1 with every path on (so the optimizer has momentum), step 2
