@@ -135,8 +135,8 @@ class _Rig:
 
         # The same global batch every step, split as a distributed dataset
         # splits it (replica r: rows [r * per, (r + 1) * per)); fixed per-replica
-        # values instead of a tf.data iterator, whose deletion, wherever a later
-        # garbage collection fell, stalled that test for up to a minute.
+        # values instead of a tf.data iterator, whose deletion by a later garbage
+        # collection stalled whichever test it fell in for up to a minute.
         images, labels = _data(self.batch)
         per = self.batch // strategy.num_replicas_in_sync
 

@@ -27,6 +27,10 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+# Checks of the tiny study (~35 s), built once for them and the study binary's test: CI's integration step.
+on_the_tiny_study = pytest.mark.integration
+
+
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("study"))
@@ -35,7 +39,7 @@ def study_dir(tmp_path_factory):
     return d, result
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_outputs_and_rows(study_dir):
     d, result = study_dir
     for name in ("study.json", "candidates.jsonl", "fidelity.csv", "fidelity.md", "fidelity_candidates.csv",
@@ -92,7 +96,7 @@ def test_outputs_and_rows(study_dir):
     assert f"- oneshot - oneshot_kl: {pair['difference']:.3f} [{pair['lo']:.2f}, {pair['hi']:.2f}]" in md
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_ground_truth_is_the_stratified_sample(study_dir):
     d, result = study_dir
     scores = {}
@@ -105,7 +109,7 @@ def test_ground_truth_is_the_stratified_sample(study_dir):
     assert [c["id"] for c in result["truth_candidates"]] == [ids[i] for i in picks]
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_ground_truth_stratified_by_parameter_count(study_dir, monkeypatch):
     """--stratify_by=params: the ground truth sample is stratified over the
     parameter count, whatever the methods score (shared by study runs of
@@ -133,7 +137,7 @@ def test_ground_truth_stratified_by_parameter_count(study_dir, monkeypatch):
         study_lib.FidelityStudy(study, cfgs, d, verbose=False)
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_rerun_trains_nothing(study_dir):
     d, result = study_dir
     before = {p: os.path.getmtime(p) for p in tf.io.gfile.glob(os.path.join(d, "truth", "*.json"))}
@@ -148,7 +152,7 @@ def test_rerun_trains_nothing(study_dir):
     np.testing.assert_array_equal(again["truth"], result["truth"])
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_failing_method_is_reported_in_its_row(study_dir, tmp_path):
     from oneshot_tf.methods import oneshot
 
@@ -174,7 +178,7 @@ def test_failing_method_is_reported_in_its_row(study_dir, tmp_path):
     assert "| broken | error: RuntimeError: boom: cannot build" in open(os.path.join(d, "fidelity.md")).read()
 
 
-@pytest.mark.integration  # the tiny study (~35 s), shared with the CLI test: CI's integration step
+@on_the_tiny_study
 def test_reused_proxy_scores_as_the_trained_one_and_trains_nothing(study_dir):
     """--reuse=METHOD=DIR scores with a trained search directory's proxy:
     here the study's own trained proxy, so the same scores, the same
