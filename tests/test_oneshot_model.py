@@ -270,6 +270,50 @@ def test_skip_inactive_false_gives_same_output(oneshot, standalone):
         _close(out[2 * q:2 * q + 2], standalone(key)(x[2 * q:2 * q + 2], training=True).numpy())
 
 
+def test_gradients_equal_the_masked_reference(oneshot):
+    """The training path's gradients (two ghost batches: an op kept by one
+    or both on the whole batch, masked; four: on the gathered ghost batches
+    that keep it, batch norms with moments; a path kept by none skipped)
+    equal those of the reference model that runs
+    every path on the whole batch with the masks multiplied in; weights of a
+    path no ghost batch keeps get exactly zero in both.  Eager (the branches
+    are the compiled step's, without tracing two models' gradients)."""
+    keras.utils.set_random_seed(3)
+    full = OneShotModel(SPACE, input_shape=SHAPE, num_classes=CLASSES, skip_inactive=False).build_weights()
+    full.set_weights(oneshot.get_weights())
+    x = tf.constant(_images(8, seed=14))
+    weight = tf.constant(np.random.default_rng(15).normal(size=(8, CLASSES)).astype(np.float32))
+
+    def grads_fn(model):
+        def grads(input_mask, op_mask):
+            with tf.GradientTape() as tape:
+                logits = model({"images": x, "input_mask": input_mask, "op_mask": op_mask})
+                loss = tf.reduce_sum(logits * weight)
+            g = tape.gradient(loss, model.trainable_variables)
+            return [tf.zeros_like(v) if d is None else tf.convert_to_tensor(d)
+                    for v, d in zip(model.trainable_variables, g)]
+        return grads
+
+    fast, ref = grads_fn(oneshot), grads_fn(full)
+    cases = [_masks(ARCHS["b"], ARCHS["no_in0"]), _masks(ARCHS["a"], ARCHS["a"]),
+             _masks(ARCHS["a"], ARCHS["no_in1"], ARCHS["rand"], ARCHS["a"])]
+    kept_by = [c[1].sum(0) for c in cases]
+    assert 1 in kept_by[0] and 2 in kept_by[0] and 0 in kept_by[0]  # two ghost batches: one, both, neither
+    assert {1, 2, 3} <= set(kept_by[2].ravel().tolist())            # four: gathered subsets
+    for im, om in cases:
+        got = fast(tf.constant(im, tf.float32), tf.constant(om, tf.float32))
+        want = ref(tf.constant(im, tf.float32), tf.constant(om, tf.float32))
+        zero = 0
+        for v, a, b in zip(oneshot.trainable_variables, got, want):
+            a, b = a.numpy(), b.numpy()
+            scale = max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, rtol=0, atol=2e-4 * scale, err_msg=v.path)
+            if not np.any(b):
+                assert not np.any(a), v.path
+                zero += 1
+        assert zero > 0  # the case drops some path in every ghost batch
+
+
 # ---------------------------------------------------------------------------
 # masked L2
 # ---------------------------------------------------------------------------

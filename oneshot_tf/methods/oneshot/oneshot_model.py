@@ -30,8 +30,9 @@ model of the same architecture computes with the same weights (see
 With ``skip_inactive=True`` an op with weights that no ghost batch keeps is
 skipped under a ``tf.cond`` (no layer ever runs on an empty batch), and one
 that some keep is computed only on the ghost batches that keep it (gathered
-and scattered back inside the one compiled step), so a training step gets
-cheaper as path dropout grows.  With ``static_shapes=True`` (for XLA/TPU)
+and scattered back inside the one compiled step; with one or two ghost
+batches, on the whole batch, masked: ``ChoiceBlock._run_kept_ghosts``), so a
+training step gets cheaper as path dropout grows.  With ``static_shapes=True`` (for XLA/TPU)
 shapes stay static: a kept op runs on the whole batch, masked, and ``tf.cond``
 skips an op or input only when no ghost batch keeps it.  Masks are 0/1.
 
@@ -83,7 +84,8 @@ class BlockMode:
     mask entry.  Otherwise per-ghost masks (``[G, k]``, ``[G, num_ops]``):
     with ``skip_inactive`` a path no ghost batch keeps is skipped under a
     ``tf.cond``; a kept op with weights runs on the ghost batches keeping it
-    (gathered), or with ``static_shapes`` on the whole batch, masked; without
+    (gathered, when there are more than two), or on the whole batch, masked
+    (with ``static_shapes`` or at most two ghost batches); without
     ``skip_inactive`` every path runs on the whole batch, masked.
     """
 
@@ -465,9 +467,24 @@ class ChoiceBlock(keras.layers.Layer):
     @staticmethod
     def _run_kept_ghosts(op, h, keep, num_ghost, normalized):
         """``op`` on the ghost batches where ``keep > 0`` (at least one),
-        scattered back into zeros of ``h``'s shape."""
-        idx = tf.where(keep > 0)[:, 0]
+        zeros elsewhere.
+
+        With one or two ghost batches, ``op`` runs on the whole batch (its
+        batch norms with TensorFlow's fused kernel, one per ghost batch) and
+        a ghost batch that drops it is zeroed.  With more, on the keeping
+        ghost batches only: gathered, their batch norms computed with moments
+        (their number is known only when the step runs), then scattered back
+        into zeros of ``h``'s shape.  With two ghost batches, gathering could
+        save at most half of the op's work, and measured on the quick
+        preset's training step it cost more than that saved, in step time
+        over the path-dropout schedule and in tracing and graph optimization
+        (README, Benchmarks).
+        """
+        if num_ghost <= 2:
+            y = op(h, num_ghost=num_ghost, normalized=normalized)
+            return y if num_ghost == 1 else mask_ghost(y, keep, num_ghost)
         ghost = int(h.shape[0]) // num_ghost if h.shape[0] is not None else None
+        idx = tf.where(keep > 0)[:, 0]
         shape = tf.shape(h)
         hg = tf.reshape(h, tf.concat([[num_ghost, -1], shape[1:]], 0))
         sel = tf.gather(hg, idx)
