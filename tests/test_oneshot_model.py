@@ -274,10 +274,10 @@ def test_gradients_equal_the_masked_reference(oneshot):
     """The training path's gradients (two ghost batches: an op kept by one
     or both on the whole batch, masked; four: on the gathered ghost batches
     that keep it, batch norms with moments; a path kept by none skipped)
-    equal those of the reference model that runs
-    every path on the whole batch with the masks multiplied in; weights of a
-    path no ghost batch keeps get exactly zero in both.  Eager (the branches
-    are the compiled step's, without tracing two models' gradients)."""
+    equal those of the reference model that runs every path on the whole
+    batch with the masks multiplied in; weights of a path no ghost batch
+    keeps get exactly zero in both.  Eager (the branches are the compiled
+    step's, without tracing two models' gradients)."""
     keras.utils.set_random_seed(3)
     full = OneShotModel(SPACE, input_shape=SHAPE, num_classes=CLASSES, skip_inactive=False).build_weights()
     full.set_weights(oneshot.get_weights())

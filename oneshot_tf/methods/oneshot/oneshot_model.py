@@ -32,9 +32,10 @@ skipped under a ``tf.cond`` (no layer ever runs on an empty batch), and one
 that some keep is computed only on the ghost batches that keep it (gathered
 and scattered back inside the one compiled step; with one or two ghost
 batches, on the whole batch, masked: ``ChoiceBlock._run_kept_ghosts``), so a
-training step gets cheaper as path dropout grows.  With ``static_shapes=True`` (for XLA/TPU)
-shapes stay static: a kept op runs on the whole batch, masked, and ``tf.cond``
-skips an op or input only when no ghost batch keeps it.  Masks are 0/1.
+training step gets cheaper as path dropout grows.  With
+``static_shapes=True`` (for XLA/TPU) shapes stay static: a kept op runs on
+the whole batch, masked, and ``tf.cond`` skips an op or input only when no
+ghost batch keeps it.  Masks are 0/1.
 
 Structure: small Keras layers, one per node of the network plan (``Stem``,
 ``Reduction``, ``OneShotCell`` of ``ChoiceBlock``s of ``OpPath``s, ``Head``),
