@@ -134,6 +134,15 @@ def run_step(step, existing: bool = False):
         sys.exit(1)
 
 
+def report(search_run, results):
+    """Print, on the chief, ``search_run.summary(results)`` (the winners'
+    test accuracies and SavedModels, where the results are); returns
+    ``results``."""
+    if search_run.chief:
+        print(search_run.summary(results), flush=True)
+    return results
+
+
 def make_main(step, existing: bool = False):
     """The ``main`` of a binary that runs ``step(search_run)`` (``existing``: see ``run_step``)."""
     from absl import app

@@ -5,7 +5,7 @@
 
 from experiments import common
 
-main = common.make_main(lambda r: r.retrain(), existing=True)
+main = common.make_main(lambda r: common.report(r, r.retrain()), existing=True)
 
 if __name__ == "__main__":
     main()

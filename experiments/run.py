@@ -5,7 +5,7 @@
 
 from experiments import common
 
-main = common.make_main(lambda r: r.run())
+main = common.make_main(lambda r: common.report(r, r.run()))
 
 if __name__ == "__main__":
     main()

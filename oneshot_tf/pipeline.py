@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -371,3 +371,17 @@ class SearchRun:
         self.train_proxy()
         self.score()
         return self.retrain()
+
+    def summary(self, results: Sequence[Dict[str, Any]]) -> str:
+        """What ``retrain`` (or ``run``) ends with, for a person: each
+        winner's test accuracy and SavedModel, and where the results and the
+        scored candidates are."""
+        lines = [f"{len(results)} winner(s) retrained and exported ({self.cfg.ranking} ranking of "
+                 f"{len(CandidateStore(self.candidates_path).records)} scored candidates):"]
+        for r in results:
+            saved = io_utils.join(self.model_dir, "winners", str(r["rank"]), "saved_model")
+            lines.append(f"  {r['rank']}. {r['id']}: test accuracy {r['test_accuracy']:.4f}, proxy score "
+                         f"{r['proxy_score']:.4f}, {r['params']:,} parameters, SavedModel {saved}")
+        lines.append(f"results: {io_utils.join(self.model_dir, 'results.json')}")
+        lines.append(f"candidates: {self.candidates_path}")
+        return "\n".join(lines)

@@ -74,12 +74,18 @@ def _snapshot(root):
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
+def e2e_proc(tmp_path_factory):
+    """The run's directory and its finished ``experiments.run`` process."""
     model_dir = tmp_path_factory.mktemp("e2e") / "run"
     proc = _cli("experiments.run", f"--model_dir={model_dir}", "--preset=tiny", "--quiet")
     if proc.returncode != 0:
         pytest.fail(f"experiments.run failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
-    return model_dir
+    return model_dir, proc
+
+
+@pytest.fixture(scope="module")
+def e2e(e2e_proc):
+    return e2e_proc[0]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,23 @@ def test_cli_run_writes_the_resolved_config(e2e):
     assert cfg["identity"] == {"flags": resolved.identity(), "search_space": cfg["search_space"],
                                "proxy": cfg["proxy"]}
     assert cfg["data"]["image_shape"] == list(INPUT_SHAPE)
+
+
+def test_cli_run_ends_with_a_summary_of_the_winners(e2e_proc):
+    """The binary's last lines: each winner's test accuracy, proxy score,
+    parameters and SavedModel (as in results.json), then where the results
+    and the scored candidates are."""
+    model_dir, proc = e2e_proc
+    winners = io_utils.read_json(str(model_dir / "results.json"))["winners"]
+    assert len(winners) == TINY["num_winners"] == 2
+    expected = [f"2 winner(s) retrained and exported (top ranking of {TINY['num_candidates']} scored candidates):"]
+    for w in winners:
+        saved = model_dir / "winners" / str(w["rank"]) / "saved_model"
+        assert saved.is_dir()
+        expected.append(f"  {w['rank']}. {w['id']}: test accuracy {w['test_accuracy']:.4f}, proxy score "
+                        f"{w['proxy_score']:.4f}, {w['params']:,} parameters, SavedModel {saved}")
+    expected += [f"results: {model_dir / 'results.json'}", f"candidates: {model_dir / 'candidates.jsonl'}"]
+    assert proc.stdout.splitlines()[-len(expected):] == expected
 
 
 def test_cli_run_scores_every_candidate_once(e2e):
