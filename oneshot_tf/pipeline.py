@@ -376,8 +376,11 @@ class SearchRun:
         """What ``retrain`` (or ``run``) ends with, for a person: each
         winner's test accuracy and SavedModel, and where the results and the
         scored candidates are."""
-        lines = [f"{len(results)} winner(s) retrained and exported ({self.cfg.ranking} ranking of "
-                 f"{len(CandidateStore(self.candidates_path).records)} scored candidates):"]
+        c = self.cfg
+        how = f"{c.ranking} ranking of {len(CandidateStore(self.candidates_path).records)} scored candidates"
+        if c.best_of:
+            how += f", the best of its first {c.best_of} after brief training"
+        lines = [f"{len(results)} winner(s) retrained and exported ({how}):"]
         for r in results:
             saved = io_utils.join(self.model_dir, "winners", str(r["rank"]), "saved_model")
             lines.append(f"  {r['rank']}. {r['id']}: test accuracy {r['test_accuracy']:.4f}, proxy score "

@@ -794,5 +794,9 @@ def test_best_of_trains_briefly_retrains_the_best_and_resumes(e2e, tmp_path, mon
         raise AssertionError("trained again")
 
     monkeypatch.setattr(retrain_lib, "train", no_training)
-    again = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False).retrain()
+    run = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False)
+    again = run.retrain()
     assert again == results
+    assert run.summary(again).splitlines()[0] == (
+        f"1 winner(s) retrained and exported (top ranking of {TINY['num_candidates']} scored candidates, "
+        "the best of its first 2 after brief training):")
