@@ -37,7 +37,7 @@ from oneshot_tf import io_utils
 from oneshot_tf import plots
 from oneshot_tf import precision
 from oneshot_tf import registry
-from oneshot_tf.retrain import brief_train, retrain_and_export
+from oneshot_tf.retrain import brief_train, retrain_and_export, saved_model_dir
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, EnsembleScorer, ScoreConfig, rank_candidates
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
@@ -350,7 +350,8 @@ class SearchRun:
         results = []
         for rank, rec in enumerate(self.winners(), start=1):
             arch = self.space.from_json(rec["architecture"])
-            out = io_utils.join(self.model_dir, "winners", str(rank))
+            rel = io_utils.join("winners", str(rank))  # results.json's paths: relative to the run directory
+            out = io_utils.join(self.model_dir, rel)
             logging.info("retraining winner %d (%s, score %.4f)", rank, rec["id"], rec["score"])
             metrics = retrain_and_export(
                 self.space, arch, self.dataset, out,
@@ -362,7 +363,8 @@ class SearchRun:
                                "proxy_kl": rec.get("kl"), "ranking": c.ranking,
                                "brief_validation_accuracy": rec.get("brief_validation_accuracy")})
             results.append({"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
-                            "test_accuracy": metrics["test_accuracy"], "params": metrics["params"]})
+                            "test_accuracy": metrics["test_accuracy"], "params": metrics["params"],
+                            "saved_model": saved_model_dir(rel)})
         if self.chief:
             io_utils.write_json(io_utils.join(self.model_dir, "results.json"), {"winners": results})
         return results
@@ -382,9 +384,9 @@ class SearchRun:
             how += f", the best of its first {c.best_of} after brief training"
         lines = [f"{len(results)} winner(s) retrained and exported ({how}):"]
         for r in results:
-            saved = io_utils.join(self.model_dir, "winners", str(r["rank"]), "saved_model")
             lines.append(f"  {r['rank']}. {r['id']}: test accuracy {r['test_accuracy']:.4f}, proxy score "
-                         f"{r['proxy_score']:.4f}, {r['params']:,} parameters, SavedModel {saved}")
+                         f"{r['proxy_score']:.4f}, {r['params']:,} parameters, SavedModel "
+                         f"{io_utils.join(self.model_dir, r['saved_model'])}")
         lines.append(f"results: {io_utils.join(self.model_dir, 'results.json')}")
         lines.append(f"candidates: {self.candidates_path}")
         return "\n".join(lines)

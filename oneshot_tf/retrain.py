@@ -109,6 +109,11 @@ def brief_train(space, arch, dataset, out_dir: str, cfg: TrainConfig, *,
     return result
 
 
+def saved_model_dir(out_dir: str) -> str:
+    """Where ``retrain_and_export`` exports the model trained in ``out_dir``."""
+    return io_utils.join(out_dir, "saved_model")
+
+
 def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, width_multiplier: float = 1.0,
                        options: Optional[StandaloneOptions] = None, weight_decay: float = 1e-4, strategy=None,
                        extra_metrics: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
@@ -125,7 +130,7 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     but writes nothing in ``out_dir``.
     """
     metrics_path = io_utils.join(out_dir, "metrics.json")
-    export_path = io_utils.join(out_dir, "saved_model")
+    export_path = saved_model_dir(out_dir)
     if tf.io.gfile.exists(metrics_path) and tf.io.gfile.exists(export_path):
         return io_utils.read_json(metrics_path)
     if write:

@@ -124,7 +124,7 @@ def test_cli_run_ends_with_a_summary_of_the_winners(e2e_proc):
     expected = [f"2 winner(s) retrained and exported (top ranking of {TINY['num_candidates']} scored candidates):"]
     for w in winners:
         saved = model_dir / "winners" / str(w["rank"]) / "saved_model"
-        assert saved.is_dir()
+        assert saved.is_dir() and w["saved_model"] == f"winners/{w['rank']}/saved_model"
         expected.append(f"  {w['rank']}. {w['id']}: test accuracy {w['test_accuracy']:.4f}, proxy score "
                         f"{w['proxy_score']:.4f}, {w['params']:,} parameters, SavedModel {saved}")
     expected += [f"results: {model_dir / 'results.json'}", f"candidates: {model_dir / 'candidates.jsonl'}"]
