@@ -15,7 +15,7 @@ from absl import flags, logging
 
 from oneshot_tf import config as config_lib
 from oneshot_tf import registry
-from oneshot_tf.distribute import get_distribution_strategy, set_intra_op_threads
+from oneshot_tf.distribute import configure_runtime, get_distribution_strategy
 
 FLAGS = flags.FLAGS
 
@@ -99,7 +99,7 @@ def config_from_flags() -> config_lib.RunConfig:
 def make_run(existing: bool = False):
     from oneshot_tf import pipeline
     cfg = config_from_flags()
-    set_intra_op_threads(cfg.intra_op_threads)  # before TensorFlow's runtime starts
+    configure_runtime(cfg.intra_op_threads, cfg.deterministic)  # before TensorFlow's runtime starts
     strategy = get_distribution_strategy(cfg.strategy, tpu_address=FLAGS.tpu)
     return pipeline.SearchRun(cfg, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet, existing=existing)
 

@@ -70,12 +70,12 @@ def _main(argv, names):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import tensorflow as tf
     from oneshot_tf.data import DataError
-    from oneshot_tf.distribute import get_distribution_strategy, set_intra_op_threads
+    from oneshot_tf.distribute import configure_runtime, get_distribution_strategy
     from oneshot_tf.training import TrainingPreempted
     common.setup_logging()
     try:
         study, cfgs = resolve_from_flags(names)
-        set_intra_op_threads(cfgs[0].intra_op_threads)
+        configure_runtime(cfgs[0].intra_op_threads, cfgs[0].deterministic)
         strategy = get_distribution_strategy(cfgs[0].strategy, tpu_address=FLAGS.tpu)
         study_lib.FidelityStudy(study, cfgs, FLAGS.model_dir, strategy=strategy, verbose=not FLAGS.quiet).run()
     except TrainingPreempted as e:

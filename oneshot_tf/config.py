@@ -152,6 +152,11 @@ class RunConfig:
                                        "Set before TensorFlow starts (the binaries do). On a 2-core CPU one "
                                        "thread was faster for training and scoring (benchmarks/benchmark.py).",
                                     low=0, identity=False)
+    deterministic: bool = setting(False, "Bitwise-repeatable runs on a given machine: TensorFlow's op "
+                                         "determinism and one inter-op thread (TensorFlow's AddN rounds "
+                                         "differently with concurrent ops). Slower: ~2x for the quick preset's "
+                                         "training on a 2-core CPU. Set before TensorFlow starts (the binaries "
+                                         "do).", identity=False)
     checkpoint_every: int = setting(200, "Steps between checkpoints.", low=1, identity=False)
     log_every: int = setting(20, "Steps between TensorBoard/progress updates (and host reads of the step "
                                  "results).", low=1, identity=False)

@@ -10,20 +10,50 @@ import tensorflow as tf
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 
-def set_intra_op_threads(threads: int) -> bool:
-    """Size TensorFlow's intra-op thread pool (0: TensorFlow's default, one
-    thread per core).  It can only be set before TensorFlow's runtime starts:
-    the binaries set it first thing; later (a Python session that already ran
-    TensorFlow ops) a different value is not applied, a warning says so, and
-    ``False`` is returned.
+def configure_runtime(intra_op_threads: int = 0, deterministic: bool = False) -> bool:
+    """Configure TensorFlow's runtime for a run: its intra-op thread pool
+    (``--intra_op_threads``) and bitwise repeatability (``--deterministic``).
+    Thread pools can only be sized before TensorFlow's runtime starts: the
+    binaries call this first thing.
 
-    On this project's 2-core CPU machine one thread made the quick preset's
+    ``intra_op_threads`` (0: TensorFlow's default, one thread per core).
+    Later (a Python session that already ran TensorFlow ops) a different
+    value is not applied, a warning says so, and ``False`` is returned.  On
+    this project's 2-core CPU machine one thread made the quick preset's
     training step and the scorer faster (benchmarks/benchmark.py measures
     both settings): with two threads on two cores, a ghost batch norm over
-    32 examples costs 190-300 us per call against 32 us with one."""
-    threads = int(threads)
+    32 examples costs 190-300 us per call against 32 us with one.
+
+    ``deterministic``: TensorFlow's op determinism
+    (``tf.config.experimental.enable_op_determinism``: deterministic GPU
+    kernels and ``tf.data``) and one inter-op thread, so that the same run
+    on the same machine gives the same weights bit for bit.  Op determinism
+    alone does not give that on CPU: TensorFlow's ``AddN`` (which sums a
+    tensor's gradients from its several consumers, and the sums Grappler
+    makes of chains of adds) reuses the buffer of whichever input no other
+    op still holds and adds the inputs in an order that starts with it;
+    with ops running concurrently on two or more inter-op threads that
+    input varies from run to run, and so does the rounding of a sum of
+    three or more tensors (measured on the one-shot model with two ghost
+    batches: gradients differing by up to 5e-6 relative from one call to
+    the next).  It costs the concurrency of independent ops (the quick
+    preset's training step ran about 2x slower on a 2-core CPU, README).
+    Requested after TensorFlow's runtime started with more than one
+    inter-op thread, it raises ``RuntimeError``: the guarantee could not
+    be kept."""
+    threads = int(intra_op_threads)
     if threads < 0:
         raise ValueError(f"--intra_op_threads={threads} must be >= 0 (0: TensorFlow's default)")
+    if deterministic:
+        if tf.config.threading.get_inter_op_parallelism_threads() != 1:
+            try:
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                raise RuntimeError(
+                    "--deterministic needs one inter-op thread, which can only be set before TensorFlow's "
+                    "runtime starts: call oneshot_tf.distribute.configure_runtime(deterministic=True) before "
+                    "running any TensorFlow op (the binaries do)") from None
+        tf.config.experimental.enable_op_determinism()
     if not threads or tf.config.threading.get_intra_op_parallelism_threads() == threads:
         return True
     try:

@@ -89,7 +89,7 @@ class SearchRun:
         if existing and not tf.io.gfile.exists(config_path(model_dir)):
             raise ValueError(f"--model_dir={model_dir} holds no run (no config.json there); run experiments.train "
                              f"(or experiments.run) on it first")
-        distribute.set_intra_op_threads(cfg.intra_op_threads)  # (a no-op once TensorFlow runs)
+        distribute.configure_runtime(cfg.intra_op_threads, cfg.deterministic)  # (threads: no-op once TF runs)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if cfg.candidates_per_pass % replicas:

@@ -46,14 +46,29 @@ def test_intra_op_threads_apply_only_before_tensorflow_runs(caplog):
     """conftest.py set one thread before TensorFlow started; once it runs,
     another value is not applied, and a warning says so."""
     assert tf.config.threading.get_intra_op_parallelism_threads() == 1
-    assert distribute.set_intra_op_threads(0) is True       # TensorFlow's default: nothing to do
-    assert distribute.set_intra_op_threads(1) is True       # already so
+    assert distribute.configure_runtime(0) is True       # TensorFlow's default: nothing to do
+    assert distribute.configure_runtime(1) is True       # already so
     tf.constant(1.0) + 1.0                                  # the runtime runs
-    assert distribute.set_intra_op_threads(2) is False
+    assert distribute.configure_runtime(2) is False
     assert "--intra_op_threads=2 not applied" in caplog.text
     assert tf.config.threading.get_intra_op_parallelism_threads() == 1
     with pytest.raises(ValueError, match=r"--intra_op_threads=-1 must be >= 0"):
-        distribute.set_intra_op_threads(-1)
+        distribute.configure_runtime(-1)
+
+
+def test_deterministic_refuses_once_tensorflow_runs_with_concurrent_ops():
+    """``--deterministic`` needs one inter-op thread, settable only before
+    TensorFlow starts: later it raises instead of running unrepeatably, and
+    turns nothing on."""
+    tf.constant(1.0) + 1.0
+    assert tf.config.threading.get_inter_op_parallelism_threads() != 1   # TensorFlow's default (conftest)
+    with pytest.raises(RuntimeError, match=r"--deterministic needs one inter-op thread, which can only be set "
+                                           r"before TensorFlow's runtime starts: call oneshot_tf\.distribute\."
+                                           r"configure_runtime\(deterministic=True\) before running any "
+                                           r"TensorFlow op"):
+        distribute.configure_runtime(1, deterministic=True)
+    from tensorflow.python.framework.config import is_op_determinism_enabled  # (no public reader)
+    assert not is_op_determinism_enabled()
 
 
 def test_unknown_strategy_names_the_choices():

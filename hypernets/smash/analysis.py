@@ -414,8 +414,8 @@ def open_model_dir(model_dir: str, *, verbose: bool = False):
     from oneshot_tf import config as config_lib
     stored = read_smash_config(model_dir)
     cfg = config_lib.RunConfig.from_dict(stored["flags"])
-    from oneshot_tf.distribute import set_intra_op_threads
-    set_intra_op_threads(cfg.intra_op_threads)    # before TensorFlow's runtime starts, as the binaries do
+    from oneshot_tf.distribute import configure_runtime
+    configure_runtime(cfg.intra_op_threads, cfg.deterministic)  # before TensorFlow's runtime starts, as the binaries do
     from oneshot_tf import pipeline
     run = pipeline.SearchRun(cfg, model_dir, verbose=verbose)
     run.restore_proxy()
