@@ -154,8 +154,8 @@ class RunConfig:
                                     low=0, identity=False)
     deterministic: bool = setting(False, "Bitwise-repeatable runs on a given machine: TensorFlow's op "
                                          "determinism and one inter-op thread (TensorFlow's AddN rounds "
-                                         "differently with concurrent ops). Slower: ~2x for the quick preset's "
-                                         "training on a 2-core CPU. Set before TensorFlow starts (the binaries "
+                                         "differently with concurrent ops). Slower: the quick preset's training "
+                                         "step 1.7-1.8x on a 2-core CPU. Set before TensorFlow starts (the binaries "
                                          "do).", identity=False)
     checkpoint_every: int = setting(200, "Steps between checkpoints.", low=1, identity=False)
     log_every: int = setting(20, "Steps between TensorBoard/progress updates (and host reads of the step "

@@ -37,7 +37,7 @@ def configure_runtime(intra_op_threads: int = 0, deterministic: bool = False) ->
     three or more tensors (measured on the one-shot model with two ghost
     batches: gradients differing by up to 5e-6 relative from one call to
     the next).  It costs the concurrency of independent ops (the quick
-    preset's training step ran about 2x slower on a 2-core CPU, README).
+    preset's training step ran 1.7 to 1.8x slower on a 2-core CPU, README).
     Requested after TensorFlow's runtime started with more than one
     inter-op thread, it raises ``RuntimeError``: the guarantee could not
     be kept."""

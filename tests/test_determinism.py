@@ -3,12 +3,12 @@ weights, bit for bit.
 
 Checked on the one-shot quick preset, whose proxy training does not repeat
 without it (measured: 814 of its 819 checkpointed values differed after 10
-steps of two runs): TensorFlow's ``AddN`` adds its inputs in an order that
+steps of two runs), and under a MirroredStrategy: TensorFlow's ``AddN`` adds its inputs in an order that
 starts with the one whose buffer it can reuse, which varies with the timing
 of ops running side by side (``oneshot_tf.distribute.configure_runtime``).
 (The GHN and SMASH quick presets repeated after 8 steps without it, and with
-it; not a test: it could not fail.)  Each run is a fresh process of the real
-binary, as a user reruns it."""
+it; not a test: it could not fail.)  The quick preset's runs are fresh
+processes of the real binary, as a user reruns it."""
 
 import json
 import os

@@ -46,9 +46,9 @@ def test_intra_op_threads_apply_only_before_tensorflow_runs(caplog):
     """conftest.py set one thread before TensorFlow started; once it runs,
     another value is not applied, and a warning says so."""
     assert tf.config.threading.get_intra_op_parallelism_threads() == 1
-    assert distribute.configure_runtime(0) is True       # TensorFlow's default: nothing to do
-    assert distribute.configure_runtime(1) is True       # already so
-    tf.constant(1.0) + 1.0                                  # the runtime runs
+    assert distribute.configure_runtime(0) is True      # TensorFlow's default: nothing to do
+    assert distribute.configure_runtime(1) is True      # already so
+    tf.constant(1.0) + 1.0                              # the runtime runs
     assert distribute.configure_runtime(2) is False
     assert "--intra_op_threads=2 not applied" in caplog.text
     assert tf.config.threading.get_intra_op_parallelism_threads() == 1

@@ -415,7 +415,7 @@ def open_model_dir(model_dir: str, *, verbose: bool = False):
     stored = read_smash_config(model_dir)
     cfg = config_lib.RunConfig.from_dict(stored["flags"])
     from oneshot_tf.distribute import configure_runtime
-    configure_runtime(cfg.intra_op_threads, cfg.deterministic)  # before TensorFlow's runtime starts, as the binaries do
+    configure_runtime(cfg.intra_op_threads, cfg.deterministic)  # before TensorFlow starts, as the binaries do
     from oneshot_tf import pipeline
     run = pipeline.SearchRun(cfg, model_dir, verbose=verbose)
     run.restore_proxy()
