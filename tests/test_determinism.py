@@ -28,20 +28,24 @@ def _checkpoint(model_dir):
             if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
+def _assert_same_checkpoints(dir_a, dir_b):
+    """The two runs' last proxy checkpoints hold the same values, bit for bit
+    (weights and optimizer slots)."""
+    a, b = _checkpoint(dir_a), _checkpoint(dir_b)
+    assert sorted(a) == sorted(b) and any("optimizer" in n for n in a)
+    differ = [n for n in a if not np.array_equal(a[n], b[n])]
+    assert not differ, f"{len(differ)} of {len(a)} checkpointed values differ, e.g. {differ[:3]}"
+
+
 @pytest.mark.integration  # two processes of the binary (~40 s each): CI's integration step
 def test_deterministic_training_repeats_bit_for_bit(tmp_path):
-    runs = []
     for name in ("a", "b"):
         out = _cli("experiments.train", "--method=oneshot", "--preset=quick", "--train_steps=8",
                    "--checkpoint_every=8", "--deterministic", "--quiet", f"--model_dir={tmp_path / name}")
         assert out.returncode == 0, out.stderr[-3000:]
         with open(tmp_path / name / "config.json") as f:
             assert json.load(f)["flags"]["deterministic"] is True
-        runs.append(_checkpoint(tmp_path / name))
-    a, b = runs
-    assert sorted(a) == sorted(b) and any("optimizer" in n for n in a)
-    differ = [n for n in a if not np.array_equal(a[n], b[n])]
-    assert not differ, f"{len(differ)} of {len(a)} checkpointed values differ, e.g. {differ[:3]}"
+    _assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
 
 
 # Proxy training twice, one after the other in one process, under a
@@ -69,7 +73,4 @@ def test_deterministic_training_under_mirrored_strategy_repeats(tmp_path):
     out = subprocess.run([sys.executable, "-c", _MIRRORED_DRIVER, str(tmp_path / "a"), str(tmp_path / "b")],
                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    a, b = _checkpoint(tmp_path / "a"), _checkpoint(tmp_path / "b")
-    assert sorted(a) == sorted(b) and any("optimizer" in n for n in a)
-    differ = [n for n in a if not np.array_equal(a[n], b[n])]
-    assert not differ, f"{len(differ)} of {len(a)} checkpointed values differ, e.g. {differ[:3]}"
+    _assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
