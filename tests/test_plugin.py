@@ -136,13 +136,14 @@ class Supernet(keras.Model):
         self.stem = keras.layers.Conv2D(space.width_, 3, padding="same", activation="relu")
         self.convs = [[keras.layers.Conv2D(space.width_, k, padding="same", activation="relu") for k in (3, 1)]
                       for _ in range(space.length)]
-        self.pool = keras.layers.GlobalAveragePooling2D()
-        self.head = keras.layers.Dense(num_classes)
+        # the head in float32 (under a mixed precision policy the convolutions compute in 16 bits)
+        self.pool = keras.layers.GlobalAveragePooling2D(dtype="float32")
+        self.head = keras.layers.Dense(num_classes, dtype="float32")
 
     def call(self, images, ops):
         x = self.stem(self.standardize(images))
         for i, (c3, c1) in enumerate(self.convs):
-            m = ops[:, i, :, None, None, None]
+            m = tf.cast(ops[:, i, :, None, None, None], x.dtype)
             x = m[:, 0] * c3(x) + m[:, 1] * c1(x) + m[:, 2] * x
         return self.head(self.pool(x))
 

@@ -168,7 +168,7 @@ class DagExecutor(keras.Model):
         self.node_ops = [[[op_layers(op, blk.channels, make_bn, f"b{blk.index}n{j}_{op}") for op in space.ops]
                           for j in range(space.num_nodes)] for blk in self.plan]
         self.head_bn = make_bn("head_bn")
-        self.logits = keras.layers.Dense(self.num_classes, name="logits")
+        self.logits = keras.layers.Dense(self.num_classes, name="logits", dtype="float32")
 
     def build_weights(self) -> "DagExecutor":
         """Create every variable (shapes are known from the plan)."""
@@ -206,7 +206,7 @@ class DagExecutor(keras.Model):
         y = tf.switch_case(op, branches)
         y = tf.reshape(y, tf.concat([[-1], shape[1:]], 0))
         if weights is not None:
-            y = y * tf.reshape(weights, [-1, 1, 1, 1, 1])
+            y = y * tf.cast(tf.reshape(weights, [-1, 1, 1, 1, 1]), y.dtype)
         return tf.reduce_sum(y, 0)
 
     def call(self, inputs, num_ghost: int = 1):
@@ -234,9 +234,11 @@ class DagExecutor(keras.Model):
                     lambda j=j, stack=stack, column=column: self._node(nodes[j], stack, column,
                                                                        tf.maximum(ops[j], 0), ghost_size),
                     lambda: tf.zeros_like(states[0])))
-            outs[blk.index] = tf.concat([states[2 + j] * leaves[j] for j in range(n)], -1)
+            outs[blk.index] = tf.concat([states[2 + j] * tf.cast(leaves[j], states[2 + j].dtype)
+                                         for j in range(n)], -1)
         last = len(self.plan) - 1
-        x = tf.nn.relu(self.head_bn(outs[last], num_ghost=int(num_ghost))) * masks[last]
+        # the head in float32, as the stand-alone model's (pooling and logits)
+        x = tf.nn.relu(tf.cast(self.head_bn(outs[last], num_ghost=int(num_ghost)), tf.float32)) * masks[last]
         x = tf.reduce_mean(x, axis=[1, 2])
         return self.logits(x)
 
@@ -248,7 +250,7 @@ class DagExecutor(keras.Model):
         bn, relu, rest = layers[0], layers[1], layers[2:]
         x = relu(bn(x, num_ghost=num_ghost))
         if mask is not None:
-            x = x * mask
+            x = x * tf.cast(mask, x.dtype)
         return _apply(rest, x)
 
 
