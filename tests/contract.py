@@ -221,6 +221,43 @@ def check_mixed_precision(method: str, **overrides):
     assert float(np.abs(np.asarray(logits) - np.asarray(ref_logits)).max()) / scale < 5e-2
 
 
+def check_two_replicas_equal_one_device(method: str, model_dir: str, strategy, **overrides):
+    """Two training steps under ``strategy`` (two replicas, the global batch
+    split between them, each drawing its share of a step's randomness: the
+    second step is at progress 0.5, where one-shot's path dropout is active)
+    end where one device's do, with the same loss."""
+    replicas = strategy.num_replicas_in_sync
+    cfg = built(method, **overrides)[0]
+    batch = replicas * cfg.batch_size  # whole groups (and meta-batches) on every replica
+    data = pipeline.load_data(cfg)
+    x, y = data.x_train[:2 * batch], data.y_train[:2 * batch]
+    init, final, metrics = None, [], []
+    for s in (tf.distribute.get_strategy(), strategy):
+        keras.utils.set_random_seed(0)
+        proxy = built(method, **overrides)[3]
+        proxy.validate_batch(batch, s.num_replicas_in_sync)
+        with s.scope():
+            proxy.build()
+        variables = training.checkpoint_variables(proxy.model)
+        if init is None:
+            init = [v.numpy() for v in variables]
+        for v, value in zip(variables, init):
+            v.assign(value)
+        trainable = {id(v) for v in proxy.trainable_variables}
+        cfg_train = training.TrainConfig(steps=2, batch_size=batch, learning_rate=0.05, lr_schedule="constant",
+                                         seed=5, verbose=False)
+        metrics.append(training.train(proxy, x, y, cfg_train, os.path.join(model_dir, str(len(final))),
+                                      strategy=s))
+        final.append([v.numpy() for v in variables if id(v) in trainable])
+        keras.backend.clear_session()
+    assert metrics[1]["loss"] == pytest.approx(metrics[0]["loss"], rel=1e-5)
+    assert len(final[0]) == len(final[1])
+    for one, two in zip(*final):
+        np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
+    start = [w for v, w in zip(variables, init) if id(v) in trainable]
+    assert sum(int(not np.array_equal(w, w0)) for w, w0 in zip(final[0], start)) > len(start) // 2  # trained
+
+
 def check_restored_proxy(trained, restored, fresh):
     """``restored`` (a proxy restored from its checkpoint, as scoring in
     another process, resuming and the study restore it) holds the values of

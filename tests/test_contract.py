@@ -8,6 +8,7 @@ import pytest
 
 from oneshot_tf import registry
 from tests import contract
+from tests.conftest import two_cpus
 
 
 CASES = registry.contract_cases()
@@ -28,3 +29,11 @@ def test_contract(method, overrides, check):
 def test_pipeline_artifacts(method, tmp_path):
     contract.check_pipeline_artifacts(method, str(tmp_path / "run"))
 
+
+
+# tf.distribute: every method and variant trains on two replicas as on one device (each replica computes its own
+# groups' statistics and draws its share of a step's architectures, so a method that gets this wrong fails here).
+@pytest.mark.integration
+@pytest.mark.parametrize("method,overrides", CASES, ids=IDS)
+def test_two_replicas_equal_one_device(method, overrides, tmp_path):
+    contract.check_two_replicas_equal_one_device(method, str(tmp_path), two_cpus(), **overrides)
