@@ -176,49 +176,57 @@ def check_one_trace_across_candidates(method: str, **overrides):
         assert ("kl" in sc) == (proxy.reference_encodings(1, 0) is not None)
 
 
+#: Mixed precision policies and the largest difference of a proxy's candidates' logits from the float32
+#: proxy's with the same weights (relative to the largest float32 logit, at least 1).
+MIXED_TOLERANCE = {"mixed_bfloat16": 5e-2, "mixed_float16": 1e-2}
+
+
 def check_mixed_precision(method: str, **overrides):
-    """Under ``--precision=mixed_bfloat16`` (the TPU policy) the proxy, with
-    the float32 proxy's weights, gives that proxy's training loss, gradients
-    and candidates' logits up to bfloat16 rounding; its variables, loss and
-    logits are float32."""
+    """Under ``--precision=mixed_bfloat16`` (TPU) and ``mixed_float16`` (GPU)
+    the proxy, with the float32 proxy's weights, gives that proxy's training
+    loss, gradients and candidates' logits up to 16-bit rounding; its
+    variables, loss and logits are float32."""
     cfg, dataset, space, ref = built(method, **overrides)
     ref.build()
-    with precision_scope("mixed_bfloat16"):
-        low = built(method, **overrides)[3]
-        low.build()
-    src, dst = training.checkpoint_variables(ref.model), training.checkpoint_variables(low.model)
-    assert [v.shape for v in src] == [v.shape for v in dst]
-    assert all(v.dtype == "float32" for v in dst), sorted({v.dtype for v in dst})
-    for v, w in zip(dst, src):
-        v.assign(w)
     b, g = cfg.batch_size, ref.group_size
     images, labels = tf.constant(dataset.x_train[:b]), tf.constant(dataset.y_train[:b])
     seed = np.array([1, 2], np.int32)
     extra = ref.step_inputs(0, seed=seed, progress=0.5, global_batch_size=b)
     kwargs = {} if extra is None else {"step_inputs": tf.nest.map_structure(tf.constant, extra)}
+    archs = samples(space, n=2)
+    enc = {k: tf.constant(np.stack([np.asarray(ref.encode(a)[k]) for a in archs])) for k in ref.encode(archs[0])}
+    val = tf.constant(dataset.x_val[:2 * g])
 
     def loss_and_gradients(proxy):
         with tf.GradientTape() as tape:
             loss, _ = proxy.loss(images, labels, progress=tf.constant(0.5), seed=tf.constant(seed),
                                  global_batch_size=b, num_replicas=1, **kwargs)
-        return loss, tape.gradient(loss, proxy.trainable_variables)
+        grads = tape.gradient(loss, proxy.trainable_variables)
+        flat = [None if gr is None else np.ravel(tf.convert_to_tensor(gr)) for gr in grads]  # dense
+        return loss, flat, proxy.candidates_logits(val, enc, g)
 
-    loss, grads = loss_and_gradients(low)
-    ref_loss, ref_grads = loss_and_gradients(ref)
-    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
-    assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2)
-    assert [gr is None for gr in grads] == [gr is None for gr in ref_grads]
-    got = np.concatenate([np.ravel(tf.convert_to_tensor(gr)) for gr in grads if gr is not None])  # dense
-    want = np.concatenate([np.ravel(tf.convert_to_tensor(gr)) for gr in ref_grads if gr is not None])
-    assert np.all(np.isfinite(got)) and np.abs(want).max() > 0
-    assert np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.95  # same direction
-    archs = samples(space, n=2)
-    enc = {k: tf.constant(np.stack([np.asarray(low.encode(a)[k]) for a in archs])) for k in low.encode(archs[0])}
-    val = tf.constant(dataset.x_val[:2 * g])
-    logits, ref_logits = low.candidates_logits(val, enc, g), ref.candidates_logits(val, enc, g)
-    assert logits.dtype == tf.float32 and logits.shape == ref_logits.shape
-    scale = max(1.0, float(np.abs(ref_logits).max()))
-    assert float(np.abs(np.asarray(logits) - np.asarray(ref_logits)).max()) / scale < 5e-2
+    ref_loss, ref_grads, ref_logits = loss_and_gradients(ref)
+    want = np.concatenate([gr for gr in ref_grads if gr is not None])
+    assert np.abs(want).max() > 0
+    for policy, tolerance in MIXED_TOLERANCE.items():
+        with precision_scope(policy):
+            low = built(method, **overrides)[3]
+            low.build()
+        src, dst = training.checkpoint_variables(ref.model), training.checkpoint_variables(low.model)
+        assert [v.shape for v in src] == [v.shape for v in dst]
+        assert all(v.dtype == "float32" for v in dst), (policy, sorted({v.dtype for v in dst}))
+        for v, w in zip(dst, src):
+            v.assign(w)
+        loss, grads, logits = loss_and_gradients(low)
+        assert loss.dtype == tf.float32 and np.isfinite(float(loss)), policy
+        assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2), policy
+        assert [gr is None for gr in grads] == [gr is None for gr in ref_grads], policy
+        got = np.concatenate([gr for gr in grads if gr is not None])
+        assert np.all(np.isfinite(got)), policy
+        assert np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.95, policy  # same direction
+        assert logits.dtype == tf.float32 and logits.shape == ref_logits.shape, policy
+        scale = max(1.0, float(np.abs(ref_logits).max()))
+        assert float(np.abs(np.asarray(logits) - np.asarray(ref_logits)).max()) / scale < tolerance, policy
 
 
 def check_two_replicas_equal_one_device(method: str, model_dir: str, strategy, **overrides):
