@@ -30,7 +30,6 @@ def test_pipeline_artifacts(method, tmp_path):
     contract.check_pipeline_artifacts(method, str(tmp_path / "run"))
 
 
-
 # tf.distribute: every method and variant trains on two replicas as on one device (each replica computes its own
 # groups' statistics and draws its share of a step's architectures, so a method that gets this wrong fails here).
 @pytest.mark.integration
