@@ -135,6 +135,10 @@ class SearchRun:
                                  f"do not fit today's models); use a new --model_dir")
             old = stored.get("identity", {})
             diff = config_lib.identity_diff(old.get("flags", {}), identity["flags"])
+            if "method" in diff:  # every method flag differs too: name the one that matters
+                was, now = diff["method"]
+                raise ValueError(f"{self.model_dir} holds a run of --method={was}, not --method={now}; pass "
+                                 f"--method={was} (with that run's flags) or use a new --model_dir")
             if diff:
                 desc = ", ".join(f"--{k}: {a!r} in the directory, {b!r} now" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.model_dir} holds a run with other settings ({desc}); "

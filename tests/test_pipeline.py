@@ -409,6 +409,16 @@ def test_reusing_dir_with_other_identity_flag_raises(e2e, tmp_path):
     assert os.path.getmtime(d / "config.json") == 1e9
 
 
+def test_reusing_dir_with_another_method_names_the_method_only(e2e, tmp_path):
+    d = _dir_with_config(e2e, tmp_path)
+    before = (d / "config.json").read_bytes()
+    with pytest.raises(ValueError) as info:
+        SearchRun(config_lib.resolve("tiny", {}, method="smash"), str(d), verbose=False)
+    assert str(info.value) == (f"{d} holds a run of --method=oneshot, not --method=smash; pass --method=oneshot "
+                               "(with that run's flags) or use a new --model_dir")
+    assert (d / "config.json").read_bytes() == before
+
+
 def test_directory_keeps_what_the_method_made_of_its_settings(e2e, tmp_path):
     """The space's and the proxy's definitions are part of the identity, so a
     setting of a method that no flag list names is kept too."""
