@@ -41,6 +41,17 @@ def samples(space, n=6, seed=0):
     return space.sample_unique(min(n, space.size()), seed=seed)
 
 
+def set_values(proxy, values):
+    """Assign ``values`` (arrays of another build of the same proxy, by
+    position: auto-generated layer names differ between builds) to the
+    built ``proxy``'s checkpointed variables; returns those variables."""
+    variables = training.checkpoint_variables(proxy.model)
+    assert [tuple(v.shape) for v in variables] == [np.shape(w) for w in values]
+    for v, w in zip(variables, values):
+        v.assign(w)
+    return variables
+
+
 def check_registration(method: str, **overrides):
     m = registry.get(method)
     config_lib.validate(config_lib.resolve("tiny", overrides, method=method))
@@ -212,11 +223,8 @@ def check_mixed_precision(method: str, **overrides):
         with precision_scope(policy):
             low = built(method, **overrides)[3]
             low.build()
-        src, dst = training.checkpoint_variables(ref.model), training.checkpoint_variables(low.model)
-        assert [v.shape for v in src] == [v.shape for v in dst]
+        dst = set_values(low, [v.numpy() for v in training.checkpoint_variables(ref.model)])
         assert all(v.dtype == "float32" for v in dst), (policy, sorted({v.dtype for v in dst}))
-        for v, w in zip(dst, src):
-            v.assign(w)
         loss, grads, logits = loss_and_gradients(low)
         assert loss.dtype == tf.float32 and np.isfinite(float(loss)), policy
         assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2), policy
@@ -234,11 +242,11 @@ def check_two_replicas_equal_one_device(method: str, model_dir: str, strategy, *
     split between them, each drawing its share of a step's randomness: the
     second step is at progress 0.5, where one-shot's path dropout is active)
     end where one device's do, with the same loss."""
-    replicas = strategy.num_replicas_in_sync
-    cfg = built(method, **overrides)[0]
-    batch = replicas * cfg.batch_size  # whole groups (and meta-batches) on every replica
-    data = pipeline.load_data(cfg)
+    cfg, data = built(method, **overrides)[:2]
+    batch = strategy.num_replicas_in_sync * cfg.batch_size  # whole groups (and meta-batches) on every replica
     x, y = data.x_train[:2 * batch], data.y_train[:2 * batch]
+    cfg_train = training.TrainConfig(steps=2, batch_size=batch, learning_rate=0.05, lr_schedule="constant",
+                                     seed=5, verbose=False)
     init, final, metrics = None, [], []
     for s in (tf.distribute.get_strategy(), strategy):
         keras.utils.set_random_seed(0)
@@ -246,23 +254,18 @@ def check_two_replicas_equal_one_device(method: str, model_dir: str, strategy, *
         proxy.validate_batch(batch, s.num_replicas_in_sync)
         with s.scope():
             proxy.build()
-        variables = training.checkpoint_variables(proxy.model)
-        if init is None:
-            init = [v.numpy() for v in variables]
-        for v, value in zip(variables, init):
-            v.assign(value)
-        trainable = {id(v) for v in proxy.trainable_variables}
-        cfg_train = training.TrainConfig(steps=2, batch_size=batch, learning_rate=0.05, lr_schedule="constant",
-                                         seed=5, verbose=False)
+        if init is None:  # the first build's initial values, and which of them train
+            trainable = {id(v) for v in proxy.trainable_variables}
+            init = [(v.numpy(), id(v) in trainable) for v in training.checkpoint_variables(proxy.model)]
+        variables = set_values(proxy, [w for w, _ in init])
         metrics.append(training.train(proxy, x, y, cfg_train, os.path.join(model_dir, str(len(final))),
                                       strategy=s))
-        final.append([v.numpy() for v in variables if id(v) in trainable])
+        final.append([v.numpy() for v, (_, trains) in zip(variables, init) if trains])
         keras.backend.clear_session()
     assert metrics[1]["loss"] == pytest.approx(metrics[0]["loss"], rel=1e-5)
-    assert len(final[0]) == len(final[1])
     for one, two in zip(*final):
         np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
-    start = [w for v, w in zip(variables, init) if id(v) in trainable]
+    start = [w for w, trains in init if trains]
     assert sum(int(not np.array_equal(w, w0)) for w, w0 in zip(final[0], start)) > len(start) // 2  # trained
 
 
