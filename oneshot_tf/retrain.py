@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -14,6 +15,24 @@ from oneshot_tf import io_utils
 from oneshot_tf.export import export_saved_model
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, TrainTask, train
+
+
+#: Model construction takes the global Keras seed (Keras draws an unseeded
+#: initializer's seed from Python's ``random`` when the layer is made); builds
+#: happen one at a time under this lock, each right after seeding, so a model's
+#: initialization depends only on its own seed, not on what the process built
+#: before it (a resumed retraining initializes its next winner as an
+#: uninterrupted one does; threads of a fidelity study do not interleave).
+_BUILD_LOCK = threading.Lock()
+
+
+def build_seeded(space, arch, seed: int, *, input_shape, num_classes: int,
+                 options: StandaloneOptions) -> keras.Model:
+    """``space.build_model(arch, ...)`` initialized from ``seed`` alone (safe
+    to call from several threads)."""
+    with _BUILD_LOCK:
+        keras.utils.set_random_seed(int(seed))
+        return space.build_model(arch, input_shape=input_shape, num_classes=num_classes, options=options)
 
 
 class StandaloneTask(TrainTask):
@@ -68,7 +87,8 @@ def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_si
 
 def _train_standalone(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, options, weight_decay, strategy,
                       write: bool, description: str):
-    """``space.build_model(arch)`` trained by ``cfg`` with checkpoints in
+    """``space.build_model(arch)``, initialized from ``cfg.seed`` alone
+    (``build_seeded``), trained by ``cfg`` with checkpoints in
     ``out_dir/ckpt`` (resumable); returns the model and the last step's
     metrics."""
     if options is None:
@@ -77,7 +97,7 @@ def _train_standalone(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, o
     shape, classes = dataset.image_shape, dataset.num_classes
 
     def build():
-        return space.build_model(arch, input_shape=shape, num_classes=classes, options=options)
+        return build_seeded(space, arch, cfg.seed, input_shape=shape, num_classes=classes, options=options)
 
     task = StandaloneTask(build, weight_decay=weight_decay)
     last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),

@@ -5,11 +5,13 @@ import dataclasses
 import glob
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -784,6 +786,50 @@ def test_best_of_reorders_the_shortlist_by_brief_validation_accuracy(e2e, tmp_pa
     assert [w["brief_validation_accuracy"] for w in winners] == [0.7, 0.7]
     assert [c[0] for c in calls] == ids                     # the top 3 by score, each once
     assert calls[0][1] == os.path.join(str(model_dir), "best_of", ids[0]) and calls[0][2] == 100
+
+
+def test_winners_initialize_from_their_seed_alone(e2e, tmp_path, monkeypatch):
+    """A winner's initial weights come from ``--seed`` and its rank alone:
+    retraining resumed after winner 1 finished, or run in a process whose
+    random state other work moved (``experiments.run`` trains the proxy
+    first), starts each winner where an uninterrupted retraining does."""
+    initial = {}
+
+    def record_initial_weights(task, x, y, cfg, model_dir, **kw):
+        task.build()
+        initial[model_dir] = [v.numpy() for v in task.model.weights]
+        return {}
+
+    def export_stub(model, path, **kw):
+        tf.io.gfile.makedirs(path)
+
+    monkeypatch.setattr(retrain_lib, "train", record_initial_weights)
+    monkeypatch.setattr(retrain_lib, "export_saved_model", export_stub)
+    flags = {"num_winners": 2}
+    runs = {}
+    for name in ("uninterrupted", "resumed", "moved"):
+        (tmp_path / name).mkdir()
+        model_dir = _scored_copy(e2e, tmp_path / name)
+        run = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False)
+        if name == "resumed":  # winner 1 finished before the kill: it is not built again
+            run.retrain()
+            shutil.rmtree(model_dir / "winners" / "2")
+            run = SearchRun(config_lib.resolve("tiny", flags), str(model_dir), verbose=False)
+        if name == "moved":
+            keras.utils.set_random_seed(12345)
+            random.random()
+        runs[name] = (model_dir, run.retrain())
+    for rank in (1, 2):
+        want = initial[str(runs["uninterrupted"][0] / "winners" / str(rank) / "ckpt")]
+        for name in ("resumed", "moved"):
+            got = initial[str(runs[name][0] / "winners" / str(rank) / "ckpt")]
+            assert [g.shape for g in got] == [w.shape for w in want]
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+    first, second = (initial[str(runs["uninterrupted"][0] / "winners" / str(r) / "ckpt")] for r in (1, 2))
+    kernels = [(a, b) for a, b in zip(first, second) if a.shape == b.shape and a.ndim == 4]
+    assert kernels and not any(np.array_equal(a, b) for a, b in kernels)   # each rank its own seed
+    assert [r["id"] for r in runs["resumed"][1]] == [r["id"] for r in runs["uninterrupted"][1]]
 
 
 @pytest.mark.integration  # brief and full stand-alone trainings, resumed: CI's integration step

@@ -37,15 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from oneshot_tf import io_utils
-from oneshot_tf.retrain import StandaloneTask, evaluate_accuracy, make_predict
+from oneshot_tf.retrain import StandaloneTask, build_seeded, evaluate_accuracy, make_predict
 from oneshot_tf.search_space import StandaloneOptions, canonical_json
 from oneshot_tf.training import TrainConfig, train
-
-#: Model construction takes the global Keras seed; runs in threads build
-#: their models one at a time under this lock, each after seeding, so a run's
-#: initialization depends only on its own seed.
-_BUILD_LOCK = threading.Lock()
-
 
 @dataclasses.dataclass(frozen=True)
 class TruthTraining:
@@ -106,15 +100,6 @@ class ResultCache:
 
     def put(self, parts: Dict[str, Any], result: Dict[str, Any]) -> None:
         io_utils.write_json(self.path(parts), {"job": parts, "result": result})
-
-
-def build_seeded(space, arch, seed: int, *, input_shape, num_classes: int,
-                 options: StandaloneOptions) -> keras.Model:
-    """``space.build_model(arch, ...)`` initialized from ``seed`` alone (safe
-    to call from several threads)."""
-    with _BUILD_LOCK:
-        keras.utils.set_random_seed(int(seed))
-        return space.build_model(arch, input_shape=input_shape, num_classes=num_classes, options=options)
 
 
 def _batch_norms(layer):

@@ -41,7 +41,8 @@ from oneshot_tf import io_utils
 from oneshot_tf import registry
 from oneshot_tf.config import setting
 from oneshot_tf.fidelity import stats
-from oneshot_tf.fidelity.ground_truth import CandidateTrainer, ResultCache, TruthTraining, build_seeded, cache_key
+from oneshot_tf.fidelity.ground_truth import CandidateTrainer, ResultCache, TruthTraining, cache_key
+from oneshot_tf.retrain import build_seeded
 from oneshot_tf.search_space import StandaloneOptions, canonical_json
 
 #: The baselines a study can compute (``--baselines``).
