@@ -114,17 +114,18 @@ def setup_logging():
         or "oneshot_tf" in r.pathname or "experiments" in r.pathname)
 
 
-def run_step(step, existing: bool = False):
+def run_step(step, existing=False):
     """Run ``step(search_run)``; known errors end the program with a message,
     not a traceback.  ``existing``: the step continues a run, so the model
-    directory must hold one (``SearchRun(existing=True)``)."""
+    directory must hold one (``SearchRun(existing=True)``); a callable is
+    asked once the flags are parsed."""
     from oneshot_tf.data import DataError
     from oneshot_tf.pipeline import NotScoredError, ProxyNotTrainedError
     from oneshot_tf.search_space import ArchitectureError
     from oneshot_tf.training import TrainingDivergedError, TrainingPreempted
     setup_logging()
     try:
-        step(make_run(existing))
+        step(make_run(existing() if callable(existing) else existing))
     except TrainingPreempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(TrainingPreempted.exit_code)
@@ -143,7 +144,7 @@ def report(search_run, results):
     return results
 
 
-def make_main(step, existing: bool = False):
+def make_main(step, existing=False):
     """The ``main`` of a binary that runs ``step(search_run)`` (``existing``: see ``run_step``)."""
     from absl import app
 

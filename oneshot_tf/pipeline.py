@@ -16,6 +16,7 @@ Layout of a model directory::
     best_of/<id>/        with --best_of: each short-listed candidate's brief run (brief.json, ckpt/, train/)
     winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
     results.json         the winners' ranks, ids, scores and test accuracies
+    architectures/<id>/  a given architecture retrained as winner 1 is (``retrain_architecture``): the same files
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +40,7 @@ from oneshot_tf import precision
 from oneshot_tf import registry
 from oneshot_tf.retrain import brief_train, retrain_and_export, saved_model_dir
 from oneshot_tf.scoring import CandidateScorer, CandidateStore, EnsembleScorer, ScoreConfig, rank_candidates
-from oneshot_tf.search_space import StandaloneOptions
+from oneshot_tf.search_space import ArchitectureError, StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
 
@@ -363,7 +364,7 @@ class SearchRun:
                                    seed_offset=rank),
                 width_multiplier=c.retrain_width, options=self.standalone_options(),
                 weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
-                extra_metrics={"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
+                extra_metrics={"rank": rank, "id": rec["id"], "seed": c.seed + rank, "proxy_score": rec["score"],
                                "proxy_kl": rec.get("kl"), "ranking": c.ranking,
                                "brief_validation_accuracy": rec.get("brief_validation_accuracy")})
             results.append({"rank": rank, "id": rec["id"], "proxy_score": rec["score"],
@@ -372,6 +373,91 @@ class SearchRun:
         if self.chief:
             io_utils.write_json(io_utils.join(self.model_dir, "results.json"), {"winners": results})
         return results
+
+    # -- a given architecture --------------------------------------------
+    def resolve_architecture(self, spec: Any) -> Tuple[Any, str]:
+        """The architecture ``spec`` names, validated by this run's space, and
+        a description of where it came from.  ``spec`` is the architecture's
+        JSON text (a ``candidates.jsonl`` line too: its ``architecture``), a
+        JSON file of one (local or gs://; e.g. another run's
+        ``winners/1/architecture.json``, or that winner's directory), the id
+        of a candidate scored in this directory, or an architecture value of
+        the space.  A bad one raises an ``ArchitectureError`` that names
+        ``spec`` and the problem."""
+        if not isinstance(spec, str):
+            try:
+                return self.space.validate(spec), "an architecture value"
+            except ArchitectureError as e:
+                raise ArchitectureError(f"the given architecture is not in this run's {self.method.name} search "
+                                        f"space: {e}") from None
+        text = spec.strip()
+        if not text:
+            raise ArchitectureError("--architecture is empty: pass JSON text, a JSON file or a scored candidate's id")
+        if text.startswith(("{", "[")):
+            return self._parse_architecture(text, "the --architecture JSON"), "JSON text"
+        path = text
+        if tf.io.gfile.isdir(path):
+            path = io_utils.join(path, "architecture.json")
+            if not tf.io.gfile.exists(path):
+                raise ArchitectureError(f"--architecture={text} is a directory without an architecture.json")
+        if tf.io.gfile.exists(path):
+            return self._parse_architecture(io_utils.read_text(path), path), path
+        for rec in CandidateStore(self.candidates_path).records if tf.io.gfile.exists(self.candidates_path) else ():
+            if rec["id"] == text:
+                return self._parse_architecture(json.dumps(rec["architecture"]), f"candidate {text}"), \
+                    f"candidate {text} of {self.candidates_path}"
+        raise ArchitectureError(f"--architecture={text!r} is not JSON, an existing file or directory, or the id of "
+                                f"a candidate scored in {self.candidates_path}")
+
+    def _parse_architecture(self, text: str, source: str):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchitectureError(f"{source} is not valid JSON: {e}") from None
+        if isinstance(obj, Mapping) and "architecture" in obj:  # a candidate record
+            obj = obj["architecture"]
+        try:
+            return self.space.from_json(obj)
+        except ArchitectureError as e:
+            raise ArchitectureError(f"{source} is not an architecture of this run's {self.method.name} search "
+                                    f"space: {e}") from None
+
+    def retrain_architecture(self, spec: Any) -> Dict[str, Any]:
+        """Train the architecture ``spec`` names (``resolve_architecture``)
+        stand-alone exactly as winner 1 is trained (the retraining flags,
+        ``--retrain_width``, seed ``--seed + 1``: the top candidate's id
+        repeats winner 1's run), evaluate it on the test split and export it,
+        in ``DIR/architectures/<id>/`` (resumable; a finished one is returned
+        as it is).  Needs no trained proxy; the result carries the proxy's
+        score when this directory scored the architecture."""
+        c = self.cfg
+        arch, source = self.resolve_architecture(spec)
+        arch_id = self.space.arch_id(arch)
+        scored = {r["id"]: r for r in (CandidateStore(self.candidates_path).records
+                                       if tf.io.gfile.exists(self.candidates_path) else ())}.get(arch_id)
+        rel = io_utils.join("architectures", arch_id)
+        logging.info("retraining architecture %s (from %s)", arch_id, source)
+        metrics = retrain_and_export(
+            self.space, arch, self.dataset, io_utils.join(self.model_dir, rel),
+            self._train_config(c.retrain_steps, c.retrain_batch_size, c.retrain_learning_rate, seed_offset=1),
+            width_multiplier=c.retrain_width, options=self.standalone_options(),
+            weight_decay=c.retrain_weight_decay, strategy=self.strategy, write=self.chief,
+            extra_metrics={"id": arch_id, "source": source, "seed": c.seed + 1,
+                           "proxy_score": scored["score"] if scored else None,
+                           "proxy_kl": scored.get("kl") if scored else None})
+        return {"id": arch_id, "source": source, "proxy_score": scored["score"] if scored else None,
+                "test_accuracy": metrics["test_accuracy"], "params": metrics["params"],
+                "saved_model": saved_model_dir(rel)}
+
+    def architecture_summary(self, result: Dict[str, Any]) -> str:
+        """What ``experiments.retrain --architecture`` ends with, for a person."""
+        c = self.cfg
+        score = ("not scored in this directory" if result["proxy_score"] is None
+                 else f"proxy score {result['proxy_score']:.4f}")
+        return (f"architecture {result['id']} ({result['source']}) retrained as winner 1 is ({c.retrain_steps} "
+                f"steps, width x{c.retrain_width:g}, seed {c.seed + 1}) and exported: test accuracy "
+                f"{result['test_accuracy']:.4f}, {score}, {result['params']:,} parameters, SavedModel "
+                f"{io_utils.join(self.model_dir, result['saved_model'])}")
 
     def run(self) -> List[Dict[str, Any]]:
         self.train_proxy()

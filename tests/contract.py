@@ -290,7 +290,8 @@ def check_restored_proxy(trained, restored, fresh):
 
 def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
     """train, score, retrain and export on the tiny preset; a rerun does no
-    new work, and the proxy it restores is the one that trained."""
+    new work, and the proxy it restores is the one that trained; a given
+    architecture (winner 1's JSON file) is retrained and exported too."""
     cfg = config_lib.resolve("tiny", {**SHORT, **overrides}, method=method)
     run = pipeline.SearchRun(cfg, model_dir, verbose=False)
     results = run.run()
@@ -318,6 +319,12 @@ def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
     assert rerun.run() == results
     assert os.stat(candidates).st_mtime_ns == before  # nothing scored again
     check_restored_proxy(run.proxy, rerun.proxy, pipeline.SearchRun(cfg, model_dir, verbose=False).proxy)
+    # a given architecture (here winner 1's, named by its architecture.json) retrained as winner 1 is
+    given = rerun.retrain_architecture(os.path.join(model_dir, "winners", "1", "architecture.json"))
+    assert (given["id"], given["params"], given["proxy_score"]) == (results[0]["id"], results[0]["params"],
+                                                                    results[0]["proxy_score"])
+    loaded = tf.saved_model.load(os.path.join(model_dir, given["saved_model"]))
+    np.testing.assert_allclose(loaded.serve(tf.constant(run.dataset.x_test[:8])).numpy().sum(-1), 1.0, atol=1e-5)
     keras.backend.clear_session()
     return run, records
 

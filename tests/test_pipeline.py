@@ -832,6 +832,140 @@ def test_winners_initialize_from_their_seed_alone(e2e, tmp_path, monkeypatch):
     assert [r["id"] for r in runs["resumed"][1]] == [r["id"] for r in runs["uninterrupted"][1]]
 
 
+def _record_initial_weights(monkeypatch):
+    """Stand-alone training replaced by a record of each run's initial
+    weights and settings (by checkpoint directory), export by an empty
+    directory: what two code paths would train, without training it."""
+    calls = {}
+
+    def record(task, x, y, cfg, model_dir, **kw):
+        task.build()
+        calls[model_dir] = ([v.numpy() for v in task.model.weights], cfg)
+        return {}
+
+    monkeypatch.setattr(retrain_lib, "train", record)
+    monkeypatch.setattr(retrain_lib, "export_saved_model", lambda model, path, **kw: tf.io.gfile.makedirs(path))
+    return calls
+
+
+def test_retrain_architecture_trains_it_as_winner_one(e2e, tmp_path, monkeypatch):
+    """``--architecture=<winner 1's id>`` trains the model winner 1's
+    retraining trains (the same initial weights and settings: the two code
+    paths agree), in DIR/architectures/<id>/; every way of naming it (its
+    id, the winner's directory or architecture.json, JSON text, a
+    candidates.jsonl line) resolves to it, and a finished one is returned
+    without training again."""
+    calls = _record_initial_weights(monkeypatch)
+    model_dir = _scored_copy(e2e, tmp_path)
+    run = SearchRun(config_lib.resolve("tiny", {"num_winners": 1}), str(model_dir), verbose=False)
+    (winner,) = run.retrain()
+    arch_id = winner["id"]
+    result = run.retrain_architecture(arch_id)
+    candidates = str(model_dir / "candidates.jsonl")
+    assert result == {"id": arch_id, "source": f"candidate {arch_id} of {candidates}",
+                      "proxy_score": winner["proxy_score"], "test_accuracy": winner["test_accuracy"],
+                      "params": winner["params"], "saved_model": os.path.join("architectures", arch_id, "saved_model")}
+    want_weights, want_cfg = calls[str(model_dir / "winners" / "1" / "ckpt")]
+    got_weights, got_cfg = calls[str(model_dir / "architectures" / arch_id / "ckpt")]
+    assert got_cfg == want_cfg and got_cfg.seed == run.cfg.seed + 1
+    assert len(got_weights) == len(want_weights)
+    for g, w in zip(got_weights, want_weights):
+        np.testing.assert_array_equal(g, w)
+    metrics = io_utils.read_json(str(model_dir / "architectures" / arch_id / "metrics.json"))
+    assert metrics["seed"] == got_cfg.seed and metrics["proxy_score"] == result["proxy_score"]
+    assert run.space.from_json(io_utils.read_json(str(model_dir / "architectures" / arch_id / "architecture.json"))) \
+        == run.space.from_json((model_dir / "winners" / "1" / "architecture.json").read_text())
+
+    line = next(l for l in (model_dir / "candidates.jsonl").read_text().splitlines() if arch_id in l)
+    winner_dir = model_dir / "winners" / "1"
+    specs = {str(winner_dir): str(winner_dir / "architecture.json"),
+             str(winner_dir / "architecture.json"): str(winner_dir / "architecture.json"),
+             (winner_dir / "architecture.json").read_text(): "JSON text", " " + line + "\n": "JSON text"}
+    for spec, source in specs.items():
+        again = run.retrain_architecture(spec)
+        assert (again["id"], again["source"], again["test_accuracy"]) == (arch_id, source, result["test_accuracy"])
+    assert len(calls) == 2                                   # finished: not trained again
+    assert "architecture %s (candidate %s of %s) retrained as winner 1 is (6 steps, width x1, seed %d)" % (
+        arch_id, arch_id, candidates, got_cfg.seed) in run.architecture_summary(result)
+
+
+def test_retrain_architecture_in_a_new_directory(tmp_path, monkeypatch):
+    """A directory that holds no search retrains a given architecture (no
+    proxy needed); it is not scored there."""
+    calls = _record_initial_weights(monkeypatch)
+    space = _tiny_space()
+    arch = space.sample(np.random.default_rng(3))
+    run = SearchRun(config_lib.resolve("tiny", {}), str(tmp_path / "run"), verbose=False)
+    result = run.retrain_architecture(json.dumps(space.to_json(arch)))
+    assert result["id"] == space.arch_id(arch) and result["proxy_score"] is None and result["source"] == "JSON text"
+    assert result["params"] == space.count_params(arch, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+    assert list(calls) == [str(tmp_path / "run" / "architectures" / result["id"] / "ckpt")]
+    assert "not scored in this directory" in run.architecture_summary(result)
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "proxy").exists()
+
+
+def test_retrain_architecture_refuses_bad_input_naming_it(tmp_path):
+    from oneshot_tf.search_space import ArchitectureError
+    run = SearchRun(config_lib.resolve("tiny", {}), str(tmp_path / "run"), verbose=False)
+    candidates = tmp_path / "run" / "candidates.jsonl"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cases = {
+        "nosuchid": f"--architecture='nosuchid' is not JSON, an existing file or directory, or the id of a candidate "
+                    f"scored in {candidates}",
+        "  ": "--architecture is empty: pass JSON text, a JSON file or a scored candidate's id",
+        str(bare): f"--architecture={bare} is a directory without an architecture.json",
+        '{"blocks": [': "the --architecture JSON is not valid JSON: Expecting value: line 1 column 13 (char 12)",
+        '{"nodes": []}': "the --architecture JSON is not an architecture of this run's oneshot search space: "
+                         "malformed architecture: expected an object {\"blocks\": [...]} got {'nodes': []}",
+    }
+    for spec, message in cases.items():
+        with pytest.raises(ArchitectureError) as e:
+            run.retrain_architecture(spec)
+        assert str(e.value) == message
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"blocks": [{"inputs": [0], "ops": ["conv3x3"]}]}')
+    with pytest.raises(ArchitectureError, match=f"^{wrong} is not an architecture of this run's oneshot search "
+                                                f"space: architecture has 1 blocks"):
+        run.retrain_architecture(str(wrong))
+    other = CellSearchSpace(num_cells=TINY["num_cells"], num_stages=TINY["num_stages"], filters=TINY["filters"],
+                            num_blocks=TINY["num_blocks"] + 1).sample(np.random.default_rng(0))
+    with pytest.raises(ArchitectureError, match="^the given architecture is not in this run's oneshot search space: "
+                                                f"architecture has {TINY['num_blocks'] + 1} blocks"):
+        run.retrain_architecture(other)
+    assert not (tmp_path / "run" / "architectures").exists()
+    mine = run.space.sample(np.random.default_rng(0))
+    assert run.resolve_architecture(mine) == (mine, "an architecture value")
+
+
+@pytest.mark.integration  # two subprocesses of the binary: CI's integration step
+def test_cli_retrains_a_given_architecture(e2e, tmp_path, tiny_data):
+    """``experiments.retrain --architecture=ID`` trains and exports that
+    candidate and prints where; a bad one ends the binary with one line."""
+    model_dir = _scored_copy(e2e, tmp_path)
+    shutil.copy(e2e / "config.json", model_dir / "config.json")
+    rec = rank_candidates(_read_jsonl(model_dir / "candidates.jsonl"), "top")[-1]   # the lowest-ranked one
+    proc = _cli("experiments.retrain", f"--model_dir={model_dir}", "--preset=tiny", "--quiet",
+                f"--architecture={rec['id']}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = model_dir / "architectures" / rec["id"]
+    metrics = io_utils.read_json(str(out / "metrics.json"))
+    assert proc.stdout.splitlines()[-1] == (
+        f"architecture {rec['id']} (candidate {rec['id']} of {model_dir / 'candidates.jsonl'}) retrained as winner 1 "
+        f"is ({TINY['retrain_steps']} steps, width x1, seed {metrics['seed']}) and exported: test accuracy "
+        f"{metrics['test_accuracy']:.4f}, proxy score {rec['score']:.4f}, {rec['params']:,} parameters, "
+        f"SavedModel {out / 'saved_model'}")
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    probs = loaded.serve(tf.constant(tiny_data.x_test)).numpy()
+    assert metrics["test_accuracy"] == pytest.approx(float(np.mean(probs.argmax(-1) == tiny_data.y_test)))
+    assert not (model_dir / "winners").exists()
+    bad = _cli("experiments.retrain", f"--model_dir={model_dir}", "--preset=tiny", "--quiet", "--architecture={")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert [l for l in bad.stderr.splitlines() if l.startswith("error: ")] == [
+        "error: the --architecture JSON is not valid JSON: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)"]
+
+
 @pytest.mark.integration  # brief and full stand-alone trainings, resumed: CI's integration step
 def test_best_of_trains_briefly_retrains_the_best_and_resumes(e2e, tmp_path, monkeypatch):
     model_dir = _scored_copy(e2e, tmp_path)
