@@ -144,14 +144,38 @@ def report(search_run, results):
     return results
 
 
-def make_main(step, existing=False):
-    """The ``main`` of a binary that runs ``step(search_run)`` (``existing``: see ``run_step``)."""
+#: What ``--architecture`` takes (``SearchRun.resolve_architecture``).
+ARCHITECTURE_FORMS = ("its JSON text (or a candidates.jsonl line), a JSON file (e.g. another run's "
+                      "winners/1/architecture.json, or that directory), or the id of a candidate scored in MODEL_DIR")
+
+
+def make_main(step, existing=False, given=None):
+    """The ``main`` of a binary that runs ``step(search_run)`` (``existing``: see ``run_step``).
+
+    ``given``: ``(help, run, summary)`` for a binary that also takes one
+    given architecture, ``--architecture=SPEC`` (defined here; ``help`` says
+    what it does): with it the binary runs ``run(search_run, SPEC)`` instead
+    and prints ``summary(search_run, result)`` on the chief."""
     from absl import app
+
+    if given is not None:
+        help_text, run, summary = given
+        flags.DEFINE_string("architecture", None, f"{help_text} The architecture: {ARCHITECTURE_FORMS}.")
+
+        def _step(search_run):
+            if FLAGS.architecture is None:
+                return step(search_run)
+            result = run(search_run, FLAGS.architecture)
+            if search_run.chief:
+                print(summary(search_run, result), flush=True)
+            return result
+    else:
+        _step = step
 
     def _main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        run_step(step, existing)
+        run_step(_step, existing)
 
     def main():
         define_flags()

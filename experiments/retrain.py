@@ -4,29 +4,14 @@
     python -m experiments.retrain --model_dir=DIR --architecture=FILE|JSON|ID   # one given architecture
 """
 
-from absl import flags
-
 from experiments import common
 
-flags.DEFINE_string("architecture", None,
-                    "Retrain this architecture instead of the winners, as winner 1 is retrained, into "
-                    "MODEL_DIR/architectures/<id>/: its JSON text (or a candidates.jsonl line), a JSON file (e.g. "
-                    "another run's winners/1/architecture.json, or that directory), or the id of a candidate "
-                    "scored in MODEL_DIR. MODEL_DIR may be new (no search needed); it keeps the search space "
-                    "flags the architecture must fit.")
-FLAGS = flags.FLAGS
-
-
-def _step(search_run):
-    if FLAGS.architecture is None:
-        return common.report(search_run, search_run.retrain())
-    result = search_run.retrain_architecture(FLAGS.architecture)
-    if search_run.chief:
-        print(search_run.architecture_summary(result), flush=True)
-    return result
-
-
-main = common.make_main(_step, existing=lambda: FLAGS.architecture is None)
+main = common.make_main(
+    lambda r: common.report(r, r.retrain()), existing=lambda: common.FLAGS.architecture is None,
+    given=("Retrain this architecture instead of the winners, as winner 1 is retrained, into "
+           "MODEL_DIR/architectures/<id>/. MODEL_DIR may be new (no search needed); it keeps the search space "
+           "flags the architecture must fit.",
+           lambda r, spec: r.retrain_architecture(spec), lambda r, result: r.architecture_summary(result)))
 
 if __name__ == "__main__":
     main()

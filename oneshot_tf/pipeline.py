@@ -16,7 +16,8 @@ Layout of a model directory::
     best_of/<id>/        with --best_of: each short-listed candidate's brief run (brief.json, ckpt/, train/)
     winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
     results.json         the winners' ranks, ids, scores and test accuracies
-    architectures/<id>/  a given architecture retrained as winner 1 is (``retrain_architecture``): the same files
+    architectures/<id>/  a given architecture: score.json (``score_architecture``: the trained proxy's scores);
+                         retrained as winner 1 is (``retrain_architecture``): a winner's files
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from oneshot_tf import plots
 from oneshot_tf import precision
 from oneshot_tf import registry
 from oneshot_tf.retrain import brief_train, retrain_and_export, saved_model_dir
-from oneshot_tf.scoring import CandidateScorer, CandidateStore, EnsembleScorer, ScoreConfig, rank_candidates
+from oneshot_tf.scoring import (CandidateScorer, CandidateStore, EnsembleScorer, ScoreConfig, candidate_record,
+                                rank_candidates)
 from oneshot_tf.search_space import ArchitectureError, StandaloneOptions
 from oneshot_tf.training import TrainConfig, checkpoint_step, restore_latest, train
 
@@ -422,6 +424,55 @@ class SearchRun:
             raise ArchitectureError(f"{source} is not an architecture of this run's {self.method.name} search "
                                     f"space: {e}") from None
 
+    def _scored_record(self, arch_id: str) -> Optional[Dict[str, Any]]:
+        """The architecture's record in candidates.jsonl, else its
+        ``architectures/<id>/score.json``, else ``None``."""
+        if tf.io.gfile.exists(self.candidates_path):
+            for rec in CandidateStore(self.candidates_path).records:
+                if rec["id"] == arch_id:
+                    return rec
+        path = io_utils.join(self.model_dir, "architectures", arch_id, "score.json")
+        return io_utils.read_json(path) if tf.io.gfile.exists(path) else None
+
+    def score_architecture(self, spec: Any) -> Dict[str, Any]:
+        """The trained proxy's scores of the architecture ``spec`` names
+        (``resolve_architecture``), computed by the scorer the search uses (a
+        candidate's scores repeat its ``candidates.jsonl`` record), with its
+        parameters and FLOPs and ``rank``: where the ``--ranking`` of the
+        candidates scored here would put it (1: first; ``None`` when none
+        are scored).  Written to ``DIR/architectures/<id>/score.json``; the
+        search's candidates are left as they are."""
+        arch, source = self.resolve_architecture(spec)
+        self.restore_proxy()
+        scores = self.make_scorer().score_encodings([self.proxy.encode(arch)])[0]
+        rec = candidate_record(self.space, arch, scores, index=-1, method=self.method.name,
+                               input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
+                               source=source)
+        del rec["index"]  # (not a trial of the search)
+        others = [r for r in (CandidateStore(self.candidates_path).records
+                              if tf.io.gfile.exists(self.candidates_path) else ()) if r["id"] != rec["id"]]
+        ranked = rank_candidates(others + [rec], self.cfg.ranking, self.cfg.small_percentile)
+        ids = [r["id"] for r in ranked]
+        rec["rank"] = ids.index(rec["id"]) + 1 if others and rec["id"] in ids else None
+        rec["ranked_among"] = len(others) + 1 if others else None
+        if self.chief:
+            io_utils.write_json(io_utils.join(self.model_dir, "architectures", rec["id"], "score.json"), rec)
+        return rec
+
+    def score_summary(self, rec: Dict[str, Any]) -> str:
+        """What ``experiments.score --architecture`` ends with, for a person."""
+        kl = f", KL {rec['kl']:.4f}" if "kl" in rec else ""
+        if rec["rank"] is not None:
+            where = f"{self.cfg.ranking} ranking: {rec['rank']} of {rec['ranked_among']} with the scored candidates"
+        elif rec["ranked_among"]:
+            where = (f"not eligible in the {self.cfg.ranking} ranking of the {rec['ranked_among'] - 1} scored "
+                     f"candidates")
+        else:
+            where = "no candidates scored in this directory to rank it among"
+        return (f"architecture {rec['id']} ({rec['source']}): proxy score {rec['score']:.4f}{kl}; {where}; "
+                f"{rec['params']:,} parameters, {rec['flops']:,} multiply-adds; "
+                f"{io_utils.join(self.model_dir, 'architectures', rec['id'], 'score.json')}")
+
     def retrain_architecture(self, spec: Any) -> Dict[str, Any]:
         """Train the architecture ``spec`` names (``resolve_architecture``)
         stand-alone exactly as winner 1 is trained (the retraining flags,
@@ -429,12 +480,12 @@ class SearchRun:
         repeats winner 1's run), evaluate it on the test split and export it,
         in ``DIR/architectures/<id>/`` (resumable; a finished one is returned
         as it is).  Needs no trained proxy; the result carries the proxy's
-        score when this directory scored the architecture."""
+        score when this directory scored the architecture (in its search or
+        by ``score_architecture``)."""
         c = self.cfg
         arch, source = self.resolve_architecture(spec)
         arch_id = self.space.arch_id(arch)
-        scored = {r["id"]: r for r in (CandidateStore(self.candidates_path).records
-                                       if tf.io.gfile.exists(self.candidates_path) else ())}.get(arch_id)
+        scored = self._scored_record(arch_id)
         rel = io_utils.join("architectures", arch_id)
         logging.info("retraining architecture %s (from %s)", arch_id, source)
         metrics = retrain_and_export(

@@ -291,7 +291,8 @@ def check_restored_proxy(trained, restored, fresh):
 def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
     """train, score, retrain and export on the tiny preset; a rerun does no
     new work, and the proxy it restores is the one that trained; a given
-    architecture (winner 1's JSON file) is retrained and exported too."""
+    architecture (winner 1's) is scored as the search scored it, and
+    retrained and exported."""
     cfg = config_lib.resolve("tiny", {**SHORT, **overrides}, method=method)
     run = pipeline.SearchRun(cfg, model_dir, verbose=False)
     results = run.run()
@@ -319,7 +320,10 @@ def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
     assert rerun.run() == results
     assert os.stat(candidates).st_mtime_ns == before  # nothing scored again
     check_restored_proxy(run.proxy, rerun.proxy, pipeline.SearchRun(cfg, model_dir, verbose=False).proxy)
-    # a given architecture (here winner 1's, named by its architecture.json) retrained as winner 1 is
+    # a given architecture (here winner 1's): scored again as the search scored it, retrained as winner 1 is
+    again = rerun.score_architecture(results[0]["id"])
+    first = next(r for r in records if r["id"] == results[0]["id"])
+    assert (again["score"], again["rank"], again["ranked_among"]) == (first["score"], 1, len(records))
     given = rerun.retrain_architecture(os.path.join(model_dir, "winners", "1", "architecture.json"))
     assert (given["id"], given["params"], given["proxy_score"]) == (results[0]["id"], results[0]["params"],
                                                                     results[0]["proxy_score"])

@@ -889,6 +889,40 @@ def test_retrain_architecture_trains_it_as_winner_one(e2e, tmp_path, monkeypatch
         arch_id, arch_id, candidates, got_cfg.seed) in run.architecture_summary(result)
 
 
+def test_score_architecture_repeats_the_search_and_ranks_it(e2e, tmp_path):
+    """``score_architecture`` scores with the search's scorer (a scored
+    candidate gets its record's scores again), ranks the architecture among
+    the scored candidates, writes architectures/<id>/score.json (which
+    retraining then reads) and leaves candidates.jsonl as it is."""
+    model_dir = _scored_copy(e2e, tmp_path)
+    candidates = model_dir / "candidates.jsonl"
+    before = candidates.read_bytes()
+    run = SearchRun(config_lib.resolve("tiny", {}), str(model_dir), verbose=False)
+    ranked = rank_candidates(_read_jsonl(candidates), "top")
+    second = ranked[1]
+    rec = run.score_architecture(second["id"])
+    assert rec["score"] == second["score"] and rec["kl"] == pytest.approx(second["kl"], rel=1e-3, abs=1e-6)
+    assert {k: rec[k] for k in ("id", "architecture", "params", "flops", "method")} == \
+        {k: second[k] for k in ("id", "architecture", "params", "flops", "method")}
+    assert (rec["rank"], rec["ranked_among"]) == (2, len(ranked))
+    assert rec["source"] == f"candidate {second['id']} of {candidates}"
+    assert io_utils.read_json(str(model_dir / "architectures" / second["id"] / "score.json")) == rec
+    assert run.score_summary(rec) == (
+        f"architecture {rec['id']} (candidate {rec['id']} of {candidates}): proxy score {rec['score']:.4f}, KL "
+        f"{rec['kl']:.4f}; top ranking: 2 of {len(ranked)} with the scored candidates; {rec['params']:,} parameters, "
+        f"{rec['flops']:,} multiply-adds; {model_dir / 'architectures' / rec['id'] / 'score.json'}")
+
+    ids = {r["id"] for r in ranked}
+    new = next(a for a in (run.space.sample(np.random.default_rng(i)) for i in range(100))
+               if run.space.arch_id(a) not in ids)
+    rec = run.score_architecture(new)
+    assert rec["source"] == "an architecture value" and 0.0 <= rec["score"] <= 1.0
+    want = [r["id"] for r in rank_candidates(ranked + [rec], "top")].index(rec["id"]) + 1
+    assert (rec["rank"], rec["ranked_among"]) == (want, len(ranked) + 1)
+    assert run._scored_record(rec["id"]) == rec                # what retraining it would report
+    assert candidates.read_bytes() == before
+
+
 def test_retrain_architecture_in_a_new_directory(tmp_path, monkeypatch):
     """A directory that holds no search retrains a given architecture (no
     proxy needed); it is not scored there."""
@@ -939,9 +973,10 @@ def test_retrain_architecture_refuses_bad_input_naming_it(tmp_path):
 
 
 @pytest.mark.integration  # two subprocesses of the binary: CI's integration step
-def test_cli_retrains_a_given_architecture(e2e, tmp_path, tiny_data):
+def test_cli_retrains_and_scores_a_given_architecture(e2e, tmp_path, tiny_data):
     """``experiments.retrain --architecture=ID`` trains and exports that
-    candidate and prints where; a bad one ends the binary with one line."""
+    candidate and prints where; ``experiments.score --architecture=FILE``
+    prints its score and rank; a bad one ends the binary with one line."""
     model_dir = _scored_copy(e2e, tmp_path)
     shutil.copy(e2e / "config.json", model_dir / "config.json")
     rec = rank_candidates(_read_jsonl(model_dir / "candidates.jsonl"), "top")[-1]   # the lowest-ranked one
@@ -959,6 +994,13 @@ def test_cli_retrains_a_given_architecture(e2e, tmp_path, tiny_data):
     probs = loaded.serve(tf.constant(tiny_data.x_test)).numpy()
     assert metrics["test_accuracy"] == pytest.approx(float(np.mean(probs.argmax(-1) == tiny_data.y_test)))
     assert not (model_dir / "winners").exists()
+    scored = _cli("experiments.score", f"--model_dir={model_dir}", "--preset=tiny", "--quiet",
+                  f"--architecture={out / 'architecture.json'}")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    n = len(_read_jsonl(model_dir / "candidates.jsonl"))
+    assert scored.stdout.splitlines()[-1].startswith(
+        f"architecture {rec['id']} ({out / 'architecture.json'}): proxy score {rec['score']:.4f}, KL ")
+    assert f"; top ranking: {n} of {n} with the scored candidates; {rec['params']:,} parameters" in scored.stdout
     bad = _cli("experiments.retrain", f"--model_dir={model_dir}", "--preset=tiny", "--quiet", "--architecture={")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert [l for l in bad.stderr.splitlines() if l.startswith("error: ")] == [
