@@ -14,7 +14,7 @@ Layout of a model directory::
     score/               TensorBoard: histograms of candidate scores, the plot below
     candidates.png       score histogram, score vs parameters, KL vs score
     best_of/<id>/        with --best_of: each short-listed candidate's brief run (brief.json, ckpt/, train/)
-    winners/<rank>/      architecture.json, metrics.json, saved_model/, ckpt/, train/
+    winners/<rank>/      architecture.json, architecture.png, metrics.json, saved_model/, ckpt/, train/
     results.json         the winners' ranks, ids, scores and test accuracies
     architectures/<id>/  a given architecture: score.json (``score_architecture``: the trained proxy's scores);
                          retrained as winner 1 is (``retrain_architecture``): a winner's files

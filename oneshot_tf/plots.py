@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -160,6 +160,16 @@ def _ordered_rows(order, layer, preds, succs, sweeps: int = 6):
             row.sort(key=key)
             place(row)
     return rows, x, chains
+
+
+def space_architecture_png(space, arch, title: str = "") -> Optional[bytes]:
+    """``architecture_png`` of ``space.graph(arch)``, or ``None`` for a
+    space that does not describe its architectures as graphs."""
+    try:
+        graph = space.graph(arch)
+    except NotImplementedError:
+        return None
+    return architecture_png(graph, title=title)
 
 
 def architecture_png(graph: Dict[str, Any], title: str = "") -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import io_utils
+from oneshot_tf import io_utils, plots
 from oneshot_tf.export import export_saved_model
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, TrainTask, train
@@ -144,7 +144,9 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     channel statistics).
 
     Leaves in ``out_dir``: ``architecture.json``, ``ckpt/`` (resumable),
-    ``metrics.json`` and ``saved_model/``.  A finished directory (metrics and
+    ``metrics.json``, ``saved_model/`` and, for a space that describes its
+    architectures as graphs, ``architecture.png`` (the drawing of
+    ``space.graph``).  A finished directory (metrics and
     SavedModel present) is left as it is and its metrics returned.  With
     ``write=False`` (a non-chief worker) it trains in step with the others
     but writes nothing in ``out_dir``.
@@ -174,6 +176,10 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     }
     if not write:
         return metrics
+    drawing = plots.space_architecture_png(target, arch, title=f"{space.arch_id(arch)}: test accuracy "
+                                                              f"{metrics['test_accuracy']:.4f}")
+    if drawing is not None:
+        io_utils.atomic_write_bytes(io_utils.join(out_dir, "architecture.png"), drawing)
     export_saved_model(model, export_path,
                        source_image_shape=getattr(dataset, "source_image_shape", None))
     io_utils.write_json(metrics_path, metrics)

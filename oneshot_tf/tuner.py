@@ -395,13 +395,10 @@ class ProxyTuner(keras_tuner.Tuner):
         images = {"trials/score_vs_params": plots.scatter_png(
             params, [t.score for t in done], xlabel="stand-alone parameters", ylabel="proxy score",
             title=f"{len(done)} trials", highlight=[t.trial_id for t in done].index(best[0].trial_id))}
-        try:
-            graph = self.space.graph(best_arch)
-        except NotImplementedError:
-            graph = None
-        if graph is not None:
-            images["trials/best_architecture"] = plots.architecture_png(
-                graph, title=f"trial {best[0].trial_id}: score {best[0].score:.4f}")
+        drawing = plots.space_architecture_png(self.space, best_arch,
+                                               title=f"trial {best[0].trial_id}: score {best[0].score:.4f}")
+        if drawing is not None:
+            images["trials/best_architecture"] = drawing
         writer = tf.summary.create_file_writer(f"{self.summary_dir}/search")
         with writer.as_default(step=len(done)):
             for tag, png in images.items():

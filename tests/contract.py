@@ -314,6 +314,12 @@ def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
         probs = loaded.serve(tf.constant(run.dataset.x_test[:8])).numpy()
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
         assert 0.0 <= w["test_accuracy"] <= 1.0
+        try:  # a space that draws its architectures: each winner's drawing beside it
+            run.space.graph(run.space.from_json(io_utils.read_json(os.path.join(out, "architecture.json"))))
+            drawn = True
+        except NotImplementedError:
+            drawn = False
+        assert os.path.exists(os.path.join(out, "architecture.png")) == drawn
     candidates = os.path.join(model_dir, "candidates.jsonl")
     before = os.stat(candidates).st_mtime_ns
     rerun = pipeline.SearchRun(cfg, model_dir, verbose=False)

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf import config as config_lib
-from oneshot_tf import io_utils, pipeline, registry
+from oneshot_tf import io_utils, pipeline, plots, registry
 from oneshot_tf import retrain as retrain_lib
 from oneshot_tf.methods.oneshot.cell_space import CellSearchSpace
 from oneshot_tf.pipeline import NotScoredError, ProxyNotTrainedError, SearchRun
@@ -183,6 +183,10 @@ def test_cli_run_retrains_and_exports_the_winners(e2e, tiny_data):
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
         assert m["test_accuracy"] == pytest.approx(float(np.mean(probs.argmax(-1) == tiny_data.y_test)))
         assert not glob.glob(str(out / "*.tmp-*"))
+        drawing = tf.image.decode_png((out / "architecture.png").read_bytes()).numpy()   # the cell, drawn
+        want = tf.image.decode_png(plots.architecture_png(space.graph(space.from_json(arch_json)), title=(
+            f"{rec['id']}: test accuracy {m['test_accuracy']:.4f}"))).numpy()
+        assert drawing.shape == want.shape and drawing.shape[0] > 100
     assert metrics[1]["proxy_score"] >= metrics[2]["proxy_score"]
 
 
