@@ -406,16 +406,19 @@ class SearchRun:
             return self._parse_architecture(io_utils.read_text(path), path), path
         for rec in CandidateStore(self.candidates_path).records if tf.io.gfile.exists(self.candidates_path) else ():
             if rec["id"] == text:
-                return self._parse_architecture(json.dumps(rec["architecture"]), f"candidate {text}"), \
-                    f"candidate {text} of {self.candidates_path}"
+                source = f"candidate {text} of {self.candidates_path}"
+                return self._parse_architecture(rec["architecture"], source), source
         raise ArchitectureError(f"--architecture={text!r} is not JSON, an existing file or directory, or the id of "
                                 f"a candidate scored in {self.candidates_path}")
 
-    def _parse_architecture(self, text: str, source: str):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArchitectureError(f"{source} is not valid JSON: {e}") from None
+    def _parse_architecture(self, obj: Any, source: str):
+        """``space.from_json`` of ``obj`` (JSON text, or what it parses to;
+        a candidate record gives its ``architecture``), errors naming ``source``."""
+        if isinstance(obj, str):
+            try:
+                obj = json.loads(obj)
+            except json.JSONDecodeError as e:
+                raise ArchitectureError(f"{source} is not valid JSON: {e}") from None
         if isinstance(obj, Mapping) and "architecture" in obj:  # a candidate record
             obj = obj["architecture"]
         try:
