@@ -175,7 +175,8 @@ def test_retrain_and_export_writes_results_and_is_idempotent(winner, digits, mon
     space, arch, cfg = SPACE, WINNER, CFG
     out, metrics = winner
 
-    assert sorted(os.listdir(out)) == ["architecture.json", "ckpt", "metrics.json", "saved_model", "train"]
+    assert sorted(os.listdir(out)) == ["architecture.json", "architecture.png", "ckpt", "metrics.json", "saved_model",
+                                       "train"]
     with open(os.path.join(out, "architecture.json")) as f:
         assert space.from_json(json.load(f)) == arch
     assert io_utils.read_json(os.path.join(out, "metrics.json")) == metrics
