@@ -138,6 +138,20 @@ class TrainTask(abc.ABC):
         """Extra scalars for TensorBoard at ``progress`` (host side)."""
         return {}
 
+    def replica_local_variables(self) -> List[tf.Variable]:
+        """Variables each replica updates from its own share of the batch
+        (default: the model's non-trainable floating-point variables, such as
+        batch normalization's moving statistics: Keras 3 gives them no
+        cross-replica aggregation, so under a strategy each replica, and each
+        worker, would keep its own).  The training loop replaces them by
+        their mean over replicas before every checkpoint and at the end, so
+        every replica and worker saves, evaluates and exports the same
+        values (what tf.keras' on-read moving statistics gave)."""
+        if self.model is None:
+            return []
+        return [v for v in checkpoint_variables(self.model)
+                if not v.trainable and tf.as_dtype(v.dtype).is_floating]
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -423,6 +437,7 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
     if compiled.train_step is None:
         compiled.train_step = tf.function(train_step)
     train_step = compiled.train_step
+    sync_local = _replica_mean_fn(strategy, task.replica_local_variables())
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     # The bar shows loss and accuracy averaged over the steps since its last
@@ -463,6 +478,8 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
                 if k in metrics:
                     sums[k] = sums.get(k, 0.0) + metrics[k]
         pending = []
+        if (save or stop) and sync_local is not None:
+            sync_local()
         if stop:
             manager.save(checkpoint_number=step)
             _preempted(description, model_dir, step_var)()
@@ -488,6 +505,22 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
     if writer:
         writer.close()
     return metrics
+
+
+def _replica_mean_fn(strategy, variables):
+    """A compiled function that sets each of ``variables`` on every replica
+    to its mean over all replicas (a collective: every worker calls it at the
+    same point); ``None`` with one replica or no such variables."""
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return None
+
+    def replica_fn():
+        ctx = tf.distribute.get_replica_context()
+        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in variables])
+        for v, m in zip(variables, means):
+            v.assign(m)
+
+    return tf.function(lambda: strategy.run(replica_fn))
 
 
 @tf.function

@@ -231,3 +231,60 @@ def test_scoring_split_across_replicas_loses_and_duplicates_nothing(tmp_path):
         assert b["score"] == pytest.approx(a["score"]) and b["kl"] == pytest.approx(a["kl"], rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="candidates_per_pass 3 does not split over 2 replicas"):
         _search(_two_cpus(), tmp_path / "three", k=3)
+
+
+class _MovingMeanTask:
+    """A stand-alone model whose batch normalization sees the images
+    themselves (standardized by 0 and 1), so its moving mean is an
+    exponential average of the batches' channel means."""
+
+    @staticmethod
+    def make(momentum):
+        from oneshot_tf.layers import FusedBatchNormalization, Standardize
+        from oneshot_tf.retrain import StandaloneTask
+
+        def build():
+            inputs = keras.Input(SHAPE, dtype="uint8")
+            x = Standardize([0.0], [1.0])(inputs)
+            x = FusedBatchNormalization(momentum=momentum, name="bn")(x)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+        return StandaloneTask(build, weight_decay=0.0)
+
+
+def test_moving_statistics_are_the_replicas_mean_on_every_replica(tmp_path):
+    """Each replica updates batch normalization's moving statistics from its
+    half of the batch; at the checkpoint the loop replaces them by the
+    replicas' mean, so both replicas (and the checkpoint) hold the same
+    values, and the moving mean is the exponential average of the whole
+    batches' means, computed here by hand (the learning rate is 0: only the
+    statistics change)."""
+    x, y = _data(64)
+    momentum, steps, batch = 0.8, 5, 16
+    cfg = TrainConfig(steps=steps, batch_size=batch, learning_rate=0.0, augment=False, seed=3,
+                      checkpoint_every=100, verbose=False)
+    strategy = _two_cpus()
+    task = _MovingMeanTask.make(momentum)
+    train(task, x, y, cfg, str(tmp_path / "two"), strategy=strategy)
+    bn = task.model.get_layer("bn")
+
+    from oneshot_tf import data as data_lib
+    batches = [b.numpy().astype(np.float64) for b, _ in data_lib.make_tf_dataset(
+        x, y, batch, training=True, seed=cfg.seed, drop_remainder=True, repeat=True).take(steps)]
+    whole = halves = np.zeros(SHAPE[-1])
+    for b in batches:
+        whole = whole * momentum + b.mean(axis=(0, 1, 2)) * (1 - momentum)
+        halves = halves * momentum + b[: batch // 2].mean(axis=(0, 1, 2)) * (1 - momentum)
+    assert not np.allclose(halves, whole, rtol=1e-3)   # one replica's own average is not the whole batches'
+    means = [v.numpy() for v in strategy.experimental_local_results(bn.moving_mean.value)]
+    variances = [v.numpy() for v in strategy.experimental_local_results(bn.moving_variance.value)]
+    assert len(means) == 2
+    np.testing.assert_array_equal(means[0], means[1])
+    np.testing.assert_array_equal(variances[0], variances[1])
+    np.testing.assert_allclose(means[0], whole, rtol=1e-5)
+
+    restored = _MovingMeanTask.make(momentum)
+    restored.build()
+    restore_latest(str(tmp_path / "two"), **restored.checkpoint_objects())
+    np.testing.assert_array_equal(restored.model.get_layer("bn").moving_mean.numpy(), means[0])
