@@ -203,8 +203,7 @@ class SearchRun:
         metrics = []
         for i, (proxy, directory) in enumerate(zip(self.proxies, self.proxy_dirs)):
             offset = self.member_seed_offset(i)
-            if i:
-                keras.utils.set_random_seed(c.seed + offset)  # this member's initialization
+            keras.utils.set_random_seed(c.seed + offset)  # this member's initialization (proxies build lazily)
             metrics.append(train(proxy, self.dataset.x_train, self.dataset.y_train,
                                  self._train_config(c.train_steps, c.batch_size, c.learning_rate, seed_offset=offset,
                                                     optimizer=c.optimizer, adam_beta_1=c.adam_beta_1,

@@ -836,6 +836,33 @@ def test_winners_initialize_from_their_seed_alone(e2e, tmp_path, monkeypatch):
     assert [r["id"] for r in runs["resumed"][1]] == [r["id"] for r in runs["uninterrupted"][1]]
 
 
+def test_proxies_initialize_from_their_seed_alone(tmp_path, monkeypatch):
+    """Each ensemble member's initial weights come from ``--seed + 1000 i``
+    alone, not from what the process did between opening the run and
+    training it (the Python API allows anything there)."""
+    initial = {}
+
+    def record(task, x, y, cfg, model_dir, **kw):
+        task.build()
+        initial[model_dir] = [v.numpy() for v in task.model.weights]
+        return {}
+
+    monkeypatch.setattr(pipeline, "train", record)
+    for name in ("plain", "moved"):
+        run = SearchRun(config_lib.resolve("tiny", {"proxy_ensemble": 2}), str(tmp_path / name), verbose=False)
+        if name == "moved":
+            keras.utils.set_random_seed(12345)
+            random.random()
+        run.train_proxy()
+    for member in ("proxy", "proxy_1"):
+        plain, moved = initial[str(tmp_path / "plain" / member)], initial[str(tmp_path / "moved" / member)]
+        assert len(plain) == len(moved) > 10
+        for a, b in zip(plain, moved):
+            np.testing.assert_array_equal(a, b)
+    first, second = initial[str(tmp_path / "plain" / "proxy")], initial[str(tmp_path / "plain" / "proxy_1")]
+    assert any(a.ndim == 4 and not np.array_equal(a, b) for a, b in zip(first, second))   # members differ
+
+
 def _record_initial_weights(monkeypatch):
     """Stand-alone training replaced by a record of each run's initial
     weights and settings (by checkpoint directory), export by an empty
