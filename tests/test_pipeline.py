@@ -792,23 +792,28 @@ def test_best_of_reorders_the_shortlist_by_brief_validation_accuracy(e2e, tmp_pa
     assert calls[0][1] == os.path.join(str(model_dir), "best_of", ids[0]) and calls[0][2] == 100
 
 
+def _record_initial_weights(monkeypatch):
+    """Stand-alone training replaced by a record of each run's initial
+    weights and settings (by checkpoint directory), export by an empty
+    directory: what two code paths would train, without training it."""
+    calls = {}
+
+    def record(task, x, y, cfg, model_dir, **kw):
+        task.build()
+        calls[model_dir] = ([v.numpy() for v in task.model.weights], cfg)
+        return {}
+
+    monkeypatch.setattr(retrain_lib, "train", record)
+    monkeypatch.setattr(retrain_lib, "export_saved_model", lambda model, path, **kw: tf.io.gfile.makedirs(path))
+    return calls
+
+
 def test_winners_initialize_from_their_seed_alone(e2e, tmp_path, monkeypatch):
     """A winner's initial weights come from ``--seed`` and its rank alone:
     retraining resumed after winner 1 finished, or run in a process whose
     random state other work moved (``experiments.run`` trains the proxy
     first), starts each winner where an uninterrupted retraining does."""
-    initial = {}
-
-    def record_initial_weights(task, x, y, cfg, model_dir, **kw):
-        task.build()
-        initial[model_dir] = [v.numpy() for v in task.model.weights]
-        return {}
-
-    def export_stub(model, path, **kw):
-        tf.io.gfile.makedirs(path)
-
-    monkeypatch.setattr(retrain_lib, "train", record_initial_weights)
-    monkeypatch.setattr(retrain_lib, "export_saved_model", export_stub)
+    calls = _record_initial_weights(monkeypatch)
     flags = {"num_winners": 2}
     runs = {}
     for name in ("uninterrupted", "resumed", "moved"):
@@ -823,6 +828,7 @@ def test_winners_initialize_from_their_seed_alone(e2e, tmp_path, monkeypatch):
             keras.utils.set_random_seed(12345)
             random.random()
         runs[name] = (model_dir, run.retrain())
+    initial = {d: weights for d, (weights, _) in calls.items()}
     for rank in (1, 2):
         want = initial[str(runs["uninterrupted"][0] / "winners" / str(rank) / "ckpt")]
         for name in ("resumed", "moved"):
@@ -861,22 +867,6 @@ def test_proxies_initialize_from_their_seed_alone(tmp_path, monkeypatch):
             np.testing.assert_array_equal(a, b)
     first, second = initial[str(tmp_path / "plain" / "proxy")], initial[str(tmp_path / "plain" / "proxy_1")]
     assert any(a.ndim == 4 and not np.array_equal(a, b) for a, b in zip(first, second))   # members differ
-
-
-def _record_initial_weights(monkeypatch):
-    """Stand-alone training replaced by a record of each run's initial
-    weights and settings (by checkpoint directory), export by an empty
-    directory: what two code paths would train, without training it."""
-    calls = {}
-
-    def record(task, x, y, cfg, model_dir, **kw):
-        task.build()
-        calls[model_dir] = ([v.numpy() for v in task.model.weights], cfg)
-        return {}
-
-    monkeypatch.setattr(retrain_lib, "train", record)
-    monkeypatch.setattr(retrain_lib, "export_saved_model", lambda model, path, **kw: tf.io.gfile.makedirs(path))
-    return calls
 
 
 def test_retrain_architecture_trains_it_as_winner_one(e2e, tmp_path, monkeypatch):
