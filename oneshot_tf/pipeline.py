@@ -403,7 +403,7 @@ class SearchRun:
                 raise ArchitectureError(f"--architecture={text} is a directory without an architecture.json")
         if tf.io.gfile.exists(path):
             return self._parse_architecture(io_utils.read_text(path), path), path
-        for rec in CandidateStore(self.candidates_path).records if tf.io.gfile.exists(self.candidates_path) else ():
+        for rec in self._scored_candidates():
             if rec["id"] == text:
                 source = f"candidate {text} of {self.candidates_path}"
                 return self._parse_architecture(rec["architecture"], source), source
@@ -426,13 +426,19 @@ class SearchRun:
             raise ArchitectureError(f"{source} is not an architecture of this run's {self.method.name} search "
                                     f"space: {e}") from None
 
+    def _scored_candidates(self) -> List[Dict[str, Any]]:
+        """The records of candidates.jsonl (none where nothing was scored;
+        the file is not created)."""
+        if not tf.io.gfile.exists(self.candidates_path):
+            return []
+        return CandidateStore(self.candidates_path).records
+
     def _scored_record(self, arch_id: str) -> Optional[Dict[str, Any]]:
         """The architecture's record in candidates.jsonl, else its
         ``architectures/<id>/score.json``, else ``None``."""
-        if tf.io.gfile.exists(self.candidates_path):
-            for rec in CandidateStore(self.candidates_path).records:
-                if rec["id"] == arch_id:
-                    return rec
+        for rec in self._scored_candidates():
+            if rec["id"] == arch_id:
+                return rec
         path = io_utils.join(self.model_dir, "architectures", arch_id, "score.json")
         return io_utils.read_json(path) if tf.io.gfile.exists(path) else None
 
@@ -451,8 +457,7 @@ class SearchRun:
                                input_shape=self.dataset.image_shape, num_classes=self.dataset.num_classes,
                                source=source)
         del rec["index"]  # (not a trial of the search)
-        others = [r for r in (CandidateStore(self.candidates_path).records
-                              if tf.io.gfile.exists(self.candidates_path) else ()) if r["id"] != rec["id"]]
+        others = [r for r in self._scored_candidates() if r["id"] != rec["id"]]
         ranked = rank_candidates(others + [rec], self.cfg.ranking, self.cfg.small_percentile)
         ids = [r["id"] for r in ranked]
         rec["rank"] = ids.index(rec["id"]) + 1 if others and rec["id"] in ids else None

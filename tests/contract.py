@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf import config as config_lib
-from oneshot_tf import io_utils, pipeline, registry, training
+from oneshot_tf import io_utils, pipeline, plots, registry, training
 from oneshot_tf.precision import precision_scope
 from oneshot_tf.proxy import Proxy
 from oneshot_tf.scoring import CandidateScorer, ScoreConfig
@@ -314,12 +314,15 @@ def check_pipeline_artifacts(method: str, model_dir: str, **overrides):
         probs = loaded.serve(tf.constant(run.dataset.x_test[:8])).numpy()
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
         assert 0.0 <= w["test_accuracy"] <= 1.0
-        try:  # a space that draws its architectures: each winner's drawing beside it
-            run.space.graph(run.space.from_json(io_utils.read_json(os.path.join(out, "architecture.json"))))
-            drawn = True
-        except NotImplementedError:
-            drawn = False
-        assert os.path.exists(os.path.join(out, "architecture.png")) == drawn
+        # a space that draws its architectures: each winner's drawing beside it (None: the space has no graph)
+        arch = run.space.from_json(io_utils.read_json(os.path.join(out, "architecture.json")))
+        want = plots.space_architecture_png(run.space, arch, title=f"{w['id']}: test accuracy "
+                                                                    f"{w['test_accuracy']:.4f}")
+        png = os.path.join(out, "architecture.png")
+        assert os.path.exists(png) == (want is not None)
+        if want is not None:
+            with open(png, "rb") as f:
+                assert tf.image.decode_png(f.read()).shape == tf.image.decode_png(want).shape
     candidates = os.path.join(model_dir, "candidates.jsonl")
     before = os.stat(candidates).st_mtime_ns
     rerun = pipeline.SearchRun(cfg, model_dir, verbose=False)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from oneshot_tf.methods.oneshot.cell_space import Block, CellArchitecture, CellSearchSpace
-from oneshot_tf.plots import architecture_png, candidates_png
+from oneshot_tf.plots import architecture_png, candidates_png, space_architecture_png
 from oneshot_tf.search_space import ArchitectureError, SearchSpace
 
 SPACE = CellSearchSpace()  # 4 blocks, 7 ops, at most 2 ops per block
@@ -82,15 +82,30 @@ def _decode(png):
 # ---------------------------------------------------------------------------
 
 
-def test_base_class_graph_is_optional():
+def _minimal_space():
     class Minimal(SearchSpace):
         pass
 
     for name in list(Minimal.__abstractmethods__):
         setattr(Minimal, name, lambda *a, **k: None)
     Minimal.__abstractmethods__ = frozenset()
+    return Minimal()
+
+
+def test_base_class_graph_is_optional():
     with pytest.raises(NotImplementedError, match="Minimal"):
-        Minimal().graph(object())
+        _minimal_space().graph(object())
+
+
+def test_space_architecture_png_draws_a_graph_and_skips_a_space_without_one():
+    """A winner's drawing: the space's graph drawn as ``architecture_png``
+    draws it, and nothing for a space without graphs (no error)."""
+    arch = SPACE.from_json(HAND)
+    assert space_architecture_png(_minimal_space(), arch, title="x") is None
+    drawn = space_architecture_png(SPACE, arch, title="t")
+    assert drawn == architecture_png(SPACE.graph(arch), title="t")
+    with pytest.raises(ArchitectureError):   # an architecture outside the space is not drawn silently
+        space_architecture_png(CellSearchSpace(num_blocks=5), arch)
 
 
 def test_cell_graph_hand_computation():
