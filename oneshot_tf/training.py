@@ -50,7 +50,11 @@ class TrainingPreempted(RuntimeError):
 
 class _StepCheckpointManager(tf.train.CheckpointManager):
     """Names checkpoints by training step, also when tf.distribute's
-    preemption handler saves (it calls ``save()`` without a number)."""
+    preemption handler saves (it calls ``save()`` without a number), and
+    runs ``before_save`` (if set) before every save, the handler's included
+    (every worker saves at the same step, so it may be a collective)."""
+
+    before_save = None
 
     def __init__(self, checkpoint, directory, *, step: tf.Variable, **kwargs):
         super().__init__(checkpoint, directory, **kwargs)
@@ -59,6 +63,8 @@ class _StepCheckpointManager(tf.train.CheckpointManager):
     def save(self, checkpoint_number=None, **kwargs):
         if checkpoint_number is None:
             checkpoint_number = int(self._step.numpy())
+        if self.before_save is not None:
+            self.before_save()
         return super().save(checkpoint_number=checkpoint_number, **kwargs)
 
 
@@ -137,6 +143,10 @@ class TrainTask(abc.ABC):
     def summaries(self, progress) -> Dict[str, float]:
         """Extra scalars for TensorBoard at ``progress`` (host side)."""
         return {}
+
+    #: Names of ``summaries`` also shown on the progress bar, beside the
+    #: loss (e.g. a schedule that explains why the loss moves).
+    progress_bar_summaries: Tuple[str, ...] = ()
 
     def replica_local_variables(self) -> List[tf.Variable]:
         """Variables each replica updates from its own share of the batch
@@ -437,7 +447,9 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
     if compiled.train_step is None:
         compiled.train_step = tf.function(train_step)
     train_step = compiled.train_step
-    sync_local = _replica_mean_fn(strategy, task.replica_local_variables())
+    # Replica-local variables are averaged before every checkpoint (the
+    # preemption handler's too) and so at the end, whose step is saved.
+    manager.before_save = _replica_mean_fn(strategy, task.replica_local_variables())
 
     writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     # The bar shows loss and accuracy averaged over the steps since its last
@@ -445,7 +457,7 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
     # during the run and show the last step alone at the end).
     shown = ("loss", "accuracy")
     progbar = keras.utils.Progbar(cfg.steps, verbose=1 if cfg.verbose else 0, unit_name="step",
-                                  stateful_metrics=shown)
+                                  stateful_metrics=shown + tuple(task.progress_bar_summaries))
     sums: Dict[str, float] = {}
     count = 0
     if start:
@@ -478,8 +490,6 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
                 if k in metrics:
                     sums[k] = sums.get(k, 0.0) + metrics[k]
         pending = []
-        if (save or stop) and sync_local is not None:
-            sync_local()
         if stop:
             manager.save(checkpoint_number=step)
             _preempted(description, model_dir, step_var)()
@@ -487,15 +497,17 @@ def _train_loop(task, x, y, cfg, strategy, compiled, variables, manager, preempt
             elapsed = time.time() - t0
             metrics["examples_per_second"] = (step - n0) * cfg.batch_size / max(elapsed, 1e-9)
             t0, n0 = time.time(), step
+            extra = task.summaries(min(step / total, 1.0))
             if writer:
                 with writer.as_default(step=step):
                     for k, v in metrics.items():
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("learning_rate", current_lr(optimizer))
-                    for k, v in task.summaries(min(step / total, 1.0)).items():
+                    for k, v in extra.items():
                         tf.summary.scalar(k, v)
                 writer.flush()
-            progbar.update(step, [(k, v / count) for k, v in sums.items()])
+            progbar.update(step, [(k, v / count) for k, v in sums.items()]
+                           + [(k, extra[k]) for k in task.progress_bar_summaries])
             sums, count = {}, 0
         if save:
             if not bool(all_finite(variables)):

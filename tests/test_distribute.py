@@ -288,3 +288,50 @@ def test_moving_statistics_are_the_replicas_mean_on_every_replica(tmp_path):
     restored.build()
     restore_latest(str(tmp_path / "two"), **restored.checkpoint_objects())
     np.testing.assert_array_equal(restored.model.get_layer("bn").moving_mean.numpy(), means[0])
+
+
+class _SavingHandler:
+    """Stands in for tf.distribute's PreemptionCheckpointHandler on a
+    multi-worker cluster: it takes SIGTERM over, and after run ``at`` it
+    saves through the manager's ``save()`` (no number, outside the loop's
+    checkpoint points) and calls the exit function."""
+
+    at = 3
+
+    def __init__(self, cluster_resolver, manager, termination_config):
+        import signal
+        self.manager, self.exit_fn, self.calls = manager, termination_config.exit_fn, 0
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+    def run(self, fn, *args):
+        out = fn(*args)
+        self.calls += 1
+        if self.calls == self.at:
+            self.manager.save()
+            self.exit_fn()
+        return out
+
+
+def test_a_preemption_save_holds_the_replicas_mean_statistics(tmp_path, monkeypatch):
+    """The preemption handler's own save (on SIGTERM, at a step the loop
+    would not checkpoint) also holds the replicas' mean moving statistics:
+    the checkpoint every worker resumes from."""
+    from oneshot_tf import data as data_lib
+    from oneshot_tf.training import TrainingPreempted
+    monkeypatch.setattr(tf.distribute.experimental, "PreemptionCheckpointHandler", _SavingHandler)
+    x, y = _data(64)
+    momentum, batch = 0.8, 16
+    cfg = TrainConfig(steps=8, batch_size=batch, learning_rate=0.0, augment=False, seed=3,
+                      checkpoint_every=100, verbose=False)
+    with pytest.raises(TrainingPreempted, match="preempted \\(SIGTERM\\) at step 3"):
+        train(_MovingMeanTask.make(momentum), x, y, cfg, str(tmp_path / "run"), strategy=_two_cpus())
+    assert checkpoint_step(str(tmp_path / "run")) == _SavingHandler.at
+
+    whole = np.zeros(SHAPE[-1])
+    for b, _ in data_lib.make_tf_dataset(x, y, batch, training=True, seed=cfg.seed, drop_remainder=True,
+                                         repeat=True).take(_SavingHandler.at):
+        whole = whole * momentum + b.numpy().astype(np.float64).mean(axis=(0, 1, 2)) * (1 - momentum)
+    restored = _MovingMeanTask.make(momentum)
+    restored.build()
+    restore_latest(str(tmp_path / "run"), **restored.checkpoint_objects())
+    np.testing.assert_allclose(restored.model.get_layer("bn").moving_mean.numpy(), whole, rtol=1e-5)

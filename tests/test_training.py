@@ -604,6 +604,26 @@ def test_progress_bar_shows_means_over_each_log_interval(tmp_path, capsys):
     assert abs(np.mean(w[3:6]) - np.mean(w[0:6])) > 1e-2 and abs(np.mean(w[3:6]) - w[5]) > 1e-2
 
 
+class ScheduledTask(ScalarTask):
+    progress_bar_summaries = ("schedule",)
+
+    def summaries(self, progress):
+        return {"schedule": 2.0 * progress, "hidden": 7.0}
+
+
+def test_progress_bar_shows_the_summaries_a_task_names(tmp_path, capsys):
+    """A task's named summaries (the one-shot's drop rate) appear on the bar
+    at each update, as of that step; its other summaries do not."""
+    x, y = _scalar_data()
+    train(ScheduledTask(), x, y, _scalar_cfg(log_every=3, verbose=True), str(tmp_path / "ckpt"))
+    out = capsys.readouterr().out
+    assert [float(v) for v in re.findall(r"schedule: (-?\d+\.\d+)", out)][-2:] == [1.0, 2.0]
+    assert "hidden" not in out
+    # the one-shot proxy names one of its own summaries
+    assert OneShotProxy.progress_bar_summaries == ("path_dropout/op",)
+    assert set(OneShotProxy.progress_bar_summaries) <= set(_make_proxy().summaries(0.5))
+
+
 class _ListHeld(keras.Model):
     """A Keras 3 layer held in a Python list: ``tf.train.Checkpoint`` does not
     see it through the model."""

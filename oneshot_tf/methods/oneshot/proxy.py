@@ -164,6 +164,9 @@ class OneShotProxy(Proxy):
         return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": correct / global_batch_size,
                          "paths_kept": kept / num_replicas}
 
+    # The loss climbs while the drop rate ramps up: the bar shows both.
+    progress_bar_summaries = ("path_dropout/op",)
+
     def summaries(self, progress) -> Dict[str, float]:
         p_in, p_op = path_drop_probabilities(self.space, progress, self.drop_rate)
         out = {"path_dropout/op": float(p_op)}
