@@ -133,6 +133,19 @@ def run_step(step, existing=False):
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        if not is_file_system_error(e):
+            raise
+        print(f"error: {e.message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def is_file_system_error(e: Exception) -> bool:
+    """Whether ``e`` is TensorFlow's refusal of a path (a parent that is a
+    file, no permission, an unreachable bucket): bad input, not a bug."""
+    import tensorflow as tf
+    return isinstance(e, (tf.errors.FailedPreconditionError, tf.errors.PermissionDeniedError,
+                          tf.errors.NotFoundError, tf.errors.UnavailableError, tf.errors.AlreadyExistsError))
 
 
 def report(search_run, results):

@@ -84,6 +84,11 @@ def _main(argv, names):
     except (DataError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        if not common.is_file_system_error(e):
+            raise
+        print(f"error: {e.message}", file=sys.stderr)
+        sys.exit(1)
     print(tf.io.gfile.GFile(f"{FLAGS.model_dir.rstrip('/')}/fidelity.md").read())
 
 

@@ -20,7 +20,6 @@ images before resizing); see :func:`serving_info`.
 
 from __future__ import annotations
 
-import uuid
 from typing import Optional, Sequence
 
 import keras
@@ -75,7 +74,7 @@ def export_saved_model(model: keras.Model, path: str, *,
                          input_signature=[tf.TensorSpec((None, None, None, c), tf.uint8, name="images")])
     archive.add_endpoint(name="serve_resized", fn=probabilities,
                          input_signature=[tf.TensorSpec((None,) + image_shape, tf.uint8, name="images")])
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = io_utils.temporary_sibling(path)
     archive.write_out(tmp, verbose=False)
     io_utils.write_json(io_utils.join(tmp, SERVING_INFO), {
         "image_shape": list(image_shape),

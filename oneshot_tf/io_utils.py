@@ -23,12 +23,23 @@ def read_text(path: str) -> str:
         return f.read()
 
 
+def temporary_sibling(path: str) -> str:
+    """A fresh temporary name beside ``path`` for an atomic write, after
+    removing the temporaries an interrupted earlier write of ``path`` left."""
+    for stale in tf.io.gfile.glob(f"{path}.tmp-*"):
+        try:
+            remove(stale)
+        except tf.errors.NotFoundError:
+            pass
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write to a temporary sibling, then rename over ``path``."""
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_sibling(path)
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
     tf.io.gfile.rename(tmp, path, overwrite=True)

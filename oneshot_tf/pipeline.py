@@ -66,6 +66,20 @@ def config_path(model_dir: str) -> str:
     return io_utils.join(model_dir, "config.json")
 
 
+def study_path(model_dir: str) -> str:
+    """A fidelity study's ``study.json`` (``oneshot_tf.fidelity``): the sign
+    that a directory holds a study, whose files a search must not mix with."""
+    return io_utils.join(model_dir, "study.json")
+
+
+def check_model_dir(model_dir: str) -> None:
+    """Refuse a ``--model_dir`` no run can use: empty, or an existing file."""
+    if not model_dir:
+        raise ValueError("--model_dir is empty; name the directory of the run")
+    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+        raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
+
+
 def load_data(cfg: config_lib.RunConfig) -> data_lib.ImageDataset:
     return data_lib.load_dataset(
         cfg.dataset, data_dir=cfg.data_dir or None, image_size=cfg.image_size or None,
@@ -87,8 +101,10 @@ class SearchRun:
             raise ValueError(f"the config's settings are not method {method.name!r}'s (use config.resolve)")
         config_lib.validate(cfg)
         tuner_lib.check_search(cfg.search)
-        if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-            raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
+        check_model_dir(model_dir)
+        if tf.io.gfile.exists(study_path(model_dir)):
+            raise ValueError(f"--model_dir={model_dir} holds a fidelity study (study.json), not a search; give "
+                             f"the search its own directory")
         if existing and not tf.io.gfile.exists(config_path(model_dir)):
             raise ValueError(f"--model_dir={model_dir} holds no run (no config.json there); run experiments.train "
                              f"(or experiments.run) on it first")

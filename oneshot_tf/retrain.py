@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Dict, Optional
@@ -11,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import io_utils, plots
+from oneshot_tf import distribute, io_utils, plots
 from oneshot_tf.export import export_saved_model
 from oneshot_tf.search_space import StandaloneOptions
 from oneshot_tf.training import TrainConfig, TrainTask, train
@@ -103,6 +104,13 @@ def _train_standalone(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, o
     last = train(task, dataset.x_train, dataset.y_train, cfg, io_utils.join(out_dir, "ckpt"),
                  strategy=strategy, summary_dir=io_utils.join(out_dir, "train") if write else None,
                  description=description)
+    # The last step's metrics outlive the process: a run stopped after
+    # training finished (its last checkpoint written) resumes with them.
+    last_path = io_utils.join(out_dir, "ckpt", "last_step.json")
+    if last and write:
+        io_utils.write_json(last_path, last)
+    elif not last and tf.io.gfile.exists(last_path):
+        last = io_utils.read_json(last_path)
     return task.model, last
 
 
@@ -134,6 +142,23 @@ def saved_model_dir(out_dir: str) -> str:
     return io_utils.join(out_dir, "saved_model")
 
 
+def _release_if_other(space, arch, out_dir: str, strategy, write: bool) -> None:
+    """Empty ``out_dir`` when it holds another architecture's run (e.g.
+    ``winners/1`` after a grown ``--num_candidates`` changed the winners), so
+    neither its checkpoint nor its metrics pass for ``arch``'s."""
+    path = io_utils.join(out_dir, "architecture.json")
+    other = tf.io.gfile.exists(path) and json.loads(json.dumps(space.to_json(arch))) != io_utils.read_json(path)
+    if other:
+        logging.warning("%s holds another architecture's run than %s; it is replaced", out_dir,
+                        space.arch_id(arch))
+    if strategy is not None:
+        distribute.barrier(strategy)  # every worker has looked before the chief removes
+    if other and write:
+        io_utils.remove(out_dir)
+    if strategy is not None:
+        distribute.barrier(strategy)
+
+
 def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, width_multiplier: float = 1.0,
                        options: Optional[StandaloneOptions] = None, weight_decay: float = 1e-4, strategy=None,
                        extra_metrics: Optional[Dict[str, Any]] = None, write: bool = True) -> Dict[str, Any]:
@@ -153,6 +178,7 @@ def retrain_and_export(space, arch, dataset, out_dir: str, cfg: TrainConfig, *, 
     """
     metrics_path = io_utils.join(out_dir, "metrics.json")
     export_path = saved_model_dir(out_dir)
+    _release_if_other(space, arch, out_dir, strategy, write)
     if tf.io.gfile.exists(metrics_path) and tf.io.gfile.exists(export_path):
         return io_utils.read_json(metrics_path)
     if write:

@@ -215,6 +215,51 @@ def test_retrain_and_export_writes_results_and_is_idempotent(winner, digits, mon
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in mtimes} == mtimes
 
 
+def test_an_interrupted_retraining_resumes_to_the_same_results(winner, digits, tmp_path):
+    """A run stopped after training finished and before its metrics were
+    written (and one leaving a half-written SavedModel and metrics file)
+    resumes to the uninterrupted metrics, the last step's accuracy
+    included, and leaves no temporaries."""
+    import shutil
+    out, metrics = winner
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    os.remove(os.path.join(copy, "metrics.json"))
+    shutil.rmtree(os.path.join(copy, "saved_model"))
+    os.makedirs(os.path.join(copy, "saved_model.tmp-0badf00d", "variables"))
+    with open(os.path.join(copy, "metrics.json.tmp-0badf00d"), "w") as f:
+        f.write('{"test_acc')
+    again = retrain_lib.retrain_and_export(SPACE, WINNER, digits, copy, CFG, width_multiplier=1.5,
+                                           options=_options(digits),
+                                           weight_decay=1e-4, extra_metrics={"rank": 1, "id": "abc"})
+    assert again["train_accuracy_last_step"] == metrics["train_accuracy_last_step"] is not None
+    assert {k: v for k, v in again.items() if k != "train_seconds"} == {
+        k: v for k, v in metrics.items() if k != "train_seconds"}
+    assert sorted(os.listdir(copy)) == sorted(os.listdir(out))
+    assert _leftovers(copy) == []
+
+
+def test_a_directory_of_another_architecture_is_retrained_for_this_one(winner, digits, tmp_path):
+    """``winners/1`` after the winners changed (a grown --num_candidates):
+    the finished run (and a checkpoint of another shape) of the other
+    architecture is replaced, not reported as this one's."""
+    import shutil
+    out, metrics = winner
+    other = CellArchitecture((Block((0,), ("sep5x5",)), Block((1, 2), ("identity", "maxpool3x3"))))
+    for finished in (True, False):
+        copy = str(tmp_path / f"copy_{finished}")
+        shutil.copytree(out, copy)
+        if not finished:   # stopped mid-training: a checkpoint only
+            os.remove(os.path.join(copy, "metrics.json"))
+        got = retrain_lib.retrain_and_export(SPACE, other, digits, copy, CFG, width_multiplier=1.5,
+                                             options=_options(digits), weight_decay=1e-4)
+        assert got["params"] == CellSearchSpace(num_cells=2, num_stages=2, filters=6, num_blocks=2).count_params(
+            other, input_shape=(6, 6, 1), num_classes=10) != metrics["params"]
+        assert SPACE.from_json(io_utils.read_json(os.path.join(copy, "architecture.json"))) == other
+        assert io_utils.read_json(os.path.join(copy, "metrics.json")) == got
+        assert "rank" not in got   # nothing of the other run's metrics is kept
+
+
 def test_winner_serves_the_datasets_own_images(winner, digits, raw_digits):
     """A client holding the dataset's own 8x8 images gets, from serve /
     serving_default, what the model gives on the pipeline's 6x6 images."""

@@ -481,13 +481,17 @@ print("RESULTS " + json.dumps(out))
 def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     """An unavailable tfds dataset, a --model_dir that is a file, retraining
     a directory nothing was scored in, scoring or retraining a directory that
-    holds no run (not created), --strategy=tpu without a TPU: one ``error:``
+    holds no run (not created), an empty --model_dir, one under a file, a
+    fidelity study's directory, --strategy=tpu without a TPU: one ``error:``
     line each."""
     empty = tmp_path / "tfds"
     empty.mkdir()
     model_dir = tmp_path / "run"
     path = tmp_path / "a_file"
     path.write_text("not a directory")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
     base = ["--preset=tiny", "--quiet"]
     cases = [["run", [f"--model_dir={model_dir}", "--dataset=cifar10", f"--data_dir={empty}"] + base],
              ["run", [f"--model_dir={path}"] + base],
@@ -495,6 +499,9 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
              ["retrain", [f"--model_dir={tmp_path / 'unscored'}"] + base],
              ["score", [f"--model_dir={tmp_path / 'nowhere'}"] + base],
              ["retrain", [f"--model_dir={tmp_path / 'nowhere'}"] + base],
+             ["run", ["--model_dir="] + base],
+             ["run", [f"--model_dir={path}/sub"] + base],
+             ["run", [f"--model_dir={study}"] + base],
              ["run", [f"--model_dir={tmp_path / 'tpu'}", "--strategy=tpu"] + base]]  # last: it touches the runtime
     no_tpu = not tf.config.list_physical_devices("TPU")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
@@ -520,8 +527,13 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(tmp_path):
     assert errors[3] == errors[4] == [f"error: --model_dir={nowhere} holds no run (no config.json there); run "
                                       f"experiments.train (or experiments.run) on it first"]
     assert not nowhere.exists()
+    assert errors[5] == ["error: --model_dir is empty; name the directory of the run"]
+    assert errors[6] == [f"error: {path} is not a directory"]   # TensorFlow's file system's words
+    assert errors[7] == [f"error: --model_dir={study} holds a fidelity study (study.json), not a search; give the "
+                         f"search its own directory"]
+    assert sorted(p.name for p in study.iterdir()) == ["study.json"]
     if no_tpu:
-        (tpu_error,) = errors[5]
+        (tpu_error,) = errors[8]
         assert tpu_error.startswith("error: --strategy=tpu: no TPU could be initialized at --tpu='local' (")
         assert tpu_error.endswith("); on a TPU VM leave --tpu empty, elsewhere name the TPU")
 

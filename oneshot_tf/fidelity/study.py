@@ -230,8 +230,11 @@ class FidelityStudy:
         from oneshot_tf import pipeline
         if not cfgs:
             raise ValueError("a study needs at least one method")
-        if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-            raise ValueError(f"--model_dir={model_dir} is an existing file, not a directory")
+        pipeline.check_model_dir(model_dir)
+        if tf.io.gfile.exists(pipeline.config_path(model_dir)) and not tf.io.gfile.exists(
+                pipeline.study_path(model_dir)):
+            raise ValueError(f"--model_dir={model_dir} holds a search (config.json), not a fidelity study; give "
+                             f"the study its own directory")
         self.study, self.cfgs, self.model_dir = study, list(cfgs), model_dir
         self.strategy, self.verbose = strategy, verbose
         self.methods = [c.method for c in cfgs]
@@ -302,7 +305,8 @@ class FidelityStudy:
     def _write_config(self):
         import keras
         import tensorflow as tf
-        io_utils.write_json(self.path("study.json"), {
+        from oneshot_tf import pipeline
+        io_utils.write_json(pipeline.study_path(self.model_dir), {
             "study": dataclasses.asdict(self.study),
             "methods": {c.method: {"flags": c.to_dict(), "directory": self._proxy_dir(c)} for c in self.cfgs},
             "search_space": self.space.get_config(), "search_space_size": self.space.size(),
