@@ -130,22 +130,17 @@ def run_step(step, existing=False):
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(TrainingPreempted.exit_code)
     except (DataError, ArchitectureError, ProxyNotTrainedError, NotScoredError, TrainingDivergedError,
-            ValueError) as e:
+            ValueError) + file_system_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:
-        if not is_file_system_error(e):
-            raise
-        print(f"error: {e.message}", file=sys.stderr)
-        sys.exit(1)
 
 
-def is_file_system_error(e: Exception) -> bool:
-    """Whether ``e`` is TensorFlow's refusal of a path (a parent that is a
-    file, no permission, an unreachable bucket): bad input, not a bug."""
+def file_system_errors() -> tuple:
+    """TensorFlow's refusals of a path (a parent that is a file, no
+    permission, an unreachable bucket): bad input, not a bug to trace."""
     import tensorflow as tf
-    return isinstance(e, (tf.errors.FailedPreconditionError, tf.errors.PermissionDeniedError,
-                          tf.errors.NotFoundError, tf.errors.UnavailableError, tf.errors.AlreadyExistsError))
+    return (tf.errors.FailedPreconditionError, tf.errors.PermissionDeniedError, tf.errors.NotFoundError,
+            tf.errors.UnavailableError, tf.errors.AlreadyExistsError)
 
 
 def report(search_run, results):

@@ -81,13 +81,8 @@ def _main(argv, names):
     except TrainingPreempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(TrainingPreempted.exit_code)
-    except (DataError, ValueError, RuntimeError) as e:
+    except (DataError, ValueError, RuntimeError) + common.file_system_errors() as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:
-        if not common.is_file_system_error(e):
-            raise
-        print(f"error: {e.message}", file=sys.stderr)
         sys.exit(1)
     print(tf.io.gfile.GFile(f"{FLAGS.model_dir.rstrip('/')}/fidelity.md").read())
 
